@@ -1,0 +1,178 @@
+"""One typed settings object. Every ``KEEL_*`` variable is a field here and nowhere else.
+
+Precedence (highest first): keyword overrides, ``KEEL_*`` environment variables, the YAML file named
+by ``KEEL_CONFIG``, the profile's defaults. Two profiles exist: ``local`` (every service on
+127.0.0.1, state under ``.keel/``) and ``cluster`` (in-cluster service names from the Helm release).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from keel.errors import KeelError
+
+ENV_PREFIX = "KEEL_"
+CONFIG_ENV = "KEEL_CONFIG"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+Profile = Literal["local", "cluster"]
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Settings(BaseSettings):
+    """Where keel's services are and how keel behaves. Field docs are the variables' docs."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    profile: Profile = Field("local", description="local: services on loopback; cluster: in-cluster names")
+    home: Path = Field(Path(".keel"), description="state directory (databases, logs, pids, data)")
+    host: str = Field("127.0.0.1", description="address local services bind to")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow tracking server port")
+    redis_port: int = Field(6379, ge=1, le=65535, description="Redis (Feast online store) port")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port")
+    pushgateway_port: int = Field(9091, ge=1, le=65535, description="Prometheus Pushgateway port")
+    alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager port")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
+    redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
+    redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")
+    release: str = Field("keel", description="Helm release name (cluster profile service names)")
+    namespace: str = Field("keel", description="Kubernetes namespace (cluster profile service names)")
+    feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository directory")
+    promotion_metric: str = Field("roc_auc", description="holdout metric the promotion gate compares")
+    promotion_tolerance: float = Field(0.0, ge=0.0, description="how much worse a challenger may be")
+    actor: str = Field(default_factory=_default_actor, description="who is recorded in audit records")
+    start_timeout: float = Field(90.0, gt=0, description="seconds to wait for a service to become healthy")
+
+    @field_validator("home", "feature_repo")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    # -- derived locations -------------------------------------------------------------------
+    def _svc(self, name: str, port: int) -> str:
+        return f"{self.release}-{name}.{self.namespace}.svc.cluster.local:{port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_uri:
+            return self.mlflow_uri
+        if self.profile == "cluster":
+            return f"http://{self._svc('mlflow', 5000)}"
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def redis_connection(self) -> str:
+        """Feast's redis connection string: host:port[,password=...]."""
+        if self.redis_address:
+            addr = self.redis_address
+        elif self.profile == "cluster":
+            addr = self._svc("redis", 6379)
+        else:
+            addr = f"{self.host}:{self.redis_port}"
+        if self.redis_password is not None:
+            addr += f",password={self.redis_password.get_secret_value()}"
+        return addr
+
+    @property
+    def prometheus_url(self) -> str:
+        if self.profile == "cluster":
+            return f"http://{self._svc('prometheus', 9090)}"
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def pushgateway_url(self) -> str:
+        if self.profile == "cluster":
+            return f"http://{self._svc('pushgateway', 9091)}"
+        return f"http://{self.host}:{self.pushgateway_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        if self.profile == "cluster":
+            return f"http://{self._svc('alertmanager', 9093)}"
+        return f"http://{self.host}:{self.alertmanager_port}"
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.home / "audit.jsonl"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by KEEL_CONFIG; errors name the file."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_ENV)
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise KeelError(f"{CONFIG_ENV}={path}: file not found") from exc
+        except yaml.YAMLError as exc:
+            raise KeelError(f"{CONFIG_ENV}={path}: not valid YAML ({exc.__class__.__name__})") from exc
+        if not isinstance(data, dict):
+            raise KeelError(f"{CONFIG_ENV}={path}: expected a mapping of settings, got {type(data).__name__}")
+        return data
+
+
+def _describe(err: dict[str, Any]) -> str:
+    field = str(err["loc"][0]) if err.get("loc") else "?"
+    where = f"{ENV_PREFIX}{field.upper()}"
+    if os.environ.get(CONFIG_ENV) and f"{ENV_PREFIX}{field.upper()}" not in os.environ:
+        where = f"{where} (or '{field}' in {os.environ[CONFIG_ENV]})"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(sorted(Settings.model_fields))
+        return f"unknown setting '{field}' in {os.environ.get(CONFIG_ENV, 'settings')}; valid settings: {valid}"
+    expected = err.get("msg", "invalid")
+    if err["type"] == "literal_error":
+        expected = "expected one of " + err["ctx"]["expected"]
+    return f"invalid value {value!r} for {where}: {expected}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one readable KeelError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise KeelError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def describe_variables() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every KEEL_* setting, for `keel config --list`."""
+    rows = [(CONFIG_ENV, "", "YAML file with settings (same names, lower case)")]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default_factory else str(field.default)
+        rows.append((f"{ENV_PREFIX}{name.upper()}", default, field.description or ""))
+    return rows

@@ -1,0 +1,175 @@
+"""keel's thin layer over Feast: open the store from keel's settings, apply, materialize, and describe.
+
+Feast stays the source of truth for definitions and data; keel only fills the placeholders of
+``feature_store.yaml`` from its own settings so the same repo works locally and in a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import string
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from keel.config import Settings
+from keel.errors import KeelError, NotFoundError, ServiceUnavailableError, require
+from keel.stack.health import redis_ok
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+
+
+def placeholders(settings: Settings) -> dict[str, str]:
+    """Values for the ``${...}`` placeholders in feature_store.yaml."""
+    return {
+        "FEAST_REGISTRY_PATH": str(settings.home / "feast" / "registry.db"),
+        "FEAST_REDIS_CONNECTION": settings.redis_connection,
+    }
+
+
+def repo_config(settings: Settings) -> Any:
+    """Feast RepoConfig for keel's feature repo, with placeholders filled from settings."""
+    feast = require("feast", "features")
+    from feast.repo_config import RepoConfig
+
+    yaml_path = settings.feature_repo / "feature_store.yaml"
+    if not yaml_path.exists():
+        raise KeelError(f"KEEL_FEATURE_REPO={settings.feature_repo}: no feature_store.yaml there")
+    values = {**os.environ, **placeholders(settings)}
+    text = string.Template(yaml_path.read_text()).safe_substitute(values)
+    raw = yaml.safe_load(text)
+    (settings.home / "feast").mkdir(parents=True, exist_ok=True)
+    del feast
+    return RepoConfig(repo_path=settings.feature_repo, **raw)
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    from feast import FeatureStore
+
+    return FeatureStore(config=repo_config(settings))
+
+
+def check_online_store(settings: Settings) -> None:
+    """Fail early with a clear line rather than deep inside Feast when Redis is not running."""
+    if settings.profile != "local" or settings.redis_address:
+        return
+    if not redis_ok(settings.host, settings.redis_port):
+        raise ServiceUnavailableError("Redis (Feast online store)", f"{settings.host}:{settings.redis_port}")
+
+
+@contextlib.contextmanager
+def _definitions_see(settings: Settings):
+    """definitions.py reads keel's settings from the environment; make it see these ones."""
+    saved = os.environ.get("KEEL_HOME")
+    os.environ["KEEL_HOME"] = str(settings.home)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("KEEL_HOME", None)
+        else:
+            os.environ["KEEL_HOME"] = saved
+
+
+def apply(settings: Settings, quiet: bool = True) -> list[str]:
+    """`feast apply` of keel's repo; returns the names of the objects now registered."""
+    from feast.repo_operations import _get_repo_contents, apply_total_with_repo_instance
+
+    check_online_store(settings)
+    cfg = repo_config(settings)
+    store = open_store(settings)
+    cwd = os.getcwd()
+    sink = io.StringIO() if quiet else None
+    try:
+        with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext(), \
+                _definitions_see(settings):
+            repo = _get_repo_contents(settings.feature_repo, cfg.project, cfg)
+            apply_total_with_repo_instance(store, cfg.project, store.registry, repo,
+                                           skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
+    store.refresh_registry()
+    return sorted(
+        [fv.name for fv in store.list_feature_views()]
+        + [fv.name for fv in store.list_on_demand_feature_views()]
+        + [fs.name for fs in store.list_feature_services()]
+    )
+
+
+def feature_service(store: FeatureStore, name: str) -> FeatureService:
+    try:
+        return store.get_feature_service(name)
+    except Exception as exc:  # Feast raises FeatureServiceNotFoundException (not exported stably)
+        if "not found" in str(exc).lower() or exc.__class__.__name__.endswith("NotFoundException"):
+            choices = [fs.name for fs in store.list_feature_services()]
+            raise NotFoundError("feature service", name, choices) from None
+        raise
+
+
+def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None) -> datetime:
+    """Incremental materialization up to ``end`` (default now): each view resumes where it stopped."""
+    check_online_store(settings)
+    store = open_store(settings)
+    end = end or datetime.now(UTC)
+    known = [fv.name for fv in store.list_feature_views()]
+    if not known:
+        raise KeelError("no feature views are registered; run `keel features apply` first")
+    for v in views or []:
+        if v not in known:
+            raise NotFoundError("feature view", v, known)
+    store.materialize_incremental(end_date=end, feature_views=views)
+    return end
+
+
+def service_views(store: FeatureStore, service: FeatureService) -> tuple[list[Any], list[Any]]:
+    """(feature views, on-demand views) that a feature service draws on."""
+    names = {p.name for p in service.feature_view_projections}
+    fvs = [fv for fv in store.list_feature_views() if fv.name in names]
+    odfvs = [v for v in store.list_on_demand_feature_views() if v.name in names]
+    return fvs, odfvs
+
+
+def definition_hash(store: FeatureStore, service: FeatureService) -> str:
+    """A stable hash of what a feature service means: views, schemas, TTLs, sources and UDF source.
+
+    Built from a canonical description rather than Feast's protos, whose bytes carry timestamps and
+    pickled functions that change between runs without the meaning changing.
+    """
+    fvs, odfvs = service_views(store, service)
+    desc: list[dict[str, Any]] = []
+    for proj in sorted(service.feature_view_projections, key=lambda p: p.name):
+        desc.append({"projection": proj.name, "features": sorted(f.name for f in proj.features)})
+    for fv in sorted(fvs, key=lambda v: v.name):
+        desc.append({
+            "view": fv.name,
+            "ttl": fv.ttl.total_seconds() if fv.ttl else None,
+            "entities": sorted(fv.entities),
+            "schema": sorted((f.name, str(f.dtype)) for f in fv.schema),
+            "source": getattr(fv.batch_source, "path", fv.batch_source.name),
+            "timestamp": fv.batch_source.timestamp_field,
+        })
+    for od in sorted(odfvs, key=lambda v: v.name):
+        udf = od.feature_transformation.udf_string or ""
+        desc.append({
+            "on_demand_view": od.name,
+            "schema": sorted((f.name, str(f.dtype)) for f in od.features),
+            "sources": sorted(od.source_feature_view_projections) + sorted(od.source_request_sources),
+            "udf": udf,
+            "mode": od.mode,
+        })
+    blob = json.dumps(desc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_repo_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise KeelError(f"file not found: {p}")
+    return p.resolve()

@@ -1,0 +1,181 @@
+"""What each local service is: its command, port, config files and health check.
+
+Adding a service (later issues add serving, the controller and Airflow) means adding one Service here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keel.config import PROJECT_ROOT, Settings
+from keel.errors import KeelError
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    url: str
+    command: list[str]
+    health: str  # "http:<path>" or "redis"
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None  # writes config files before start
+
+
+def _binary(name: str, apt_package: str) -> str:
+    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if not found:
+        raise KeelError(f"'{name}' is not installed; run `make setup` (apt package {apt_package})")
+    return found
+
+
+def _venv_bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def _prometheus_config(s: Settings) -> str:
+    rules_dir = PROJECT_ROOT / "monitoring" / "rules"
+    return f"""# Written by `keel up`; edits are overwritten.
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files:
+  - {rules_dir}/*.yml
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["{s.host}:{s.alertmanager_port}"]
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["{s.host}:{s.prometheus_port}"]
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["{s.host}:{s.pushgateway_port}"]
+  - job_name: keel
+    file_sd_configs:
+      - files: ["{s.home}/prometheus/targets/*.json"]
+"""
+
+
+_ALERTMANAGER_CONFIG = """# Written by `keel up`; edits are overwritten.
+route:
+  receiver: default
+  group_wait: 1s
+  group_interval: 5s
+  repeat_interval: 1h
+receivers:
+  - name: default
+"""
+
+
+def build_services(s: Settings) -> dict[str, Service]:
+    """The local services in start order."""
+    home = s.home
+    h = s.host
+
+    def mlflow_prepare() -> None:
+        (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    def prom_prepare() -> None:
+        (home / "prometheus" / "targets").mkdir(parents=True, exist_ok=True)
+        (home / "prometheus" / "data").mkdir(parents=True, exist_ok=True)
+        (home / "prometheus" / "prometheus.yml").write_text(_prometheus_config(s))
+
+    def am_prepare() -> None:
+        (home / "alertmanager" / "data").mkdir(parents=True, exist_ok=True)
+        (home / "alertmanager" / "alertmanager.yml").write_text(_ALERTMANAGER_CONFIG)
+
+    def redis_prepare() -> None:
+        (home / "redis").mkdir(parents=True, exist_ok=True)
+
+    services = [
+        Service(
+            "mlflow",
+            s.mlflow_port,
+            f"http://{h}:{s.mlflow_port}",
+            [
+                _venv_bin("mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                "--artifacts-destination", str(home / "mlflow" / "artifacts"),
+                "--host", h, "--port", str(s.mlflow_port), "--workers", "1",
+                "--allowed-hosts", f"{h},{h}:{s.mlflow_port},localhost,localhost:{s.mlflow_port}",
+            ],
+            "http:/health",
+            env={
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+            },
+            prepare=mlflow_prepare,
+        ),
+        Service(
+            "redis",
+            s.redis_port,
+            f"redis://{h}:{s.redis_port}",
+            [
+                "redis-server", "--bind", h, "--port", str(s.redis_port),
+                "--dir", str(home / "redis"), "--save", "", "--appendonly", "no",
+                "--protected-mode", "yes", "--daemonize", "no",
+            ],
+            "redis",
+            prepare=redis_prepare,
+        ),
+        Service(
+            "prometheus",
+            s.prometheus_port,
+            f"http://{h}:{s.prometheus_port}",
+            [
+                "prometheus", f"--config.file={home / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
+                f"--web.listen-address={h}:{s.prometheus_port}", "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=7d",
+            ],
+            "http:/-/ready",
+            prepare=prom_prepare,
+        ),
+        Service(
+            "pushgateway",
+            s.pushgateway_port,
+            f"http://{h}:{s.pushgateway_port}",
+            ["prometheus-pushgateway", f"--web.listen-address={h}:{s.pushgateway_port}"],
+            "http:/-/ready",
+        ),
+        Service(
+            "alertmanager",
+            s.alertmanager_port,
+            f"http://{h}:{s.alertmanager_port}",
+            [
+                "prometheus-alertmanager", f"--config.file={home / 'alertmanager' / 'alertmanager.yml'}",
+                f"--storage.path={home / 'alertmanager' / 'data'}",
+                f"--web.listen-address={h}:{s.alertmanager_port}", "--cluster.listen-address=",
+            ],
+            "http:/-/ready",
+            prepare=am_prepare,
+        ),
+    ]
+    return {svc.name: svc for svc in services}
+
+
+SERVICE_NAMES = ("mlflow", "redis", "prometheus", "pushgateway", "alertmanager")
+
+_APT = {
+    "redis-server": "redis-server",
+    "prometheus": "prometheus",
+    "prometheus-pushgateway": "prometheus-pushgateway",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+}
+
+
+def resolve_binary(command: list[str]) -> list[str]:
+    """Resolve system binaries to absolute paths, with install advice when missing."""
+    head = command[0]
+    if head in _APT:
+        return [_binary(head, _APT[head]), *command[1:]]
+    return command

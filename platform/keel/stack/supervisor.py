@@ -1,0 +1,215 @@
+"""Starts, checks and stops the local services, each in its own process group.
+
+A pid file records pid, process group and the process's start time, so `down` never signals a process
+that merely reused a pid, and kills the whole group (MLflow's workers, too) so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from keel.config import Settings
+from keel.errors import KeelError, NotFoundError
+from keel.stack.health import http_ok, port_in_use, redis_ok, wait_until
+from keel.stack.services import Service, build_services, resolve_binary
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    pid: int | None
+    running: bool
+    healthy: bool
+
+    @property
+    def state(self) -> str:
+        if self.healthy:
+            return "healthy"
+        return "unhealthy" if self.running else "stopped"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22 (starttime), counted after the ')' that closes the command name
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class Stack:
+    """The local stack for one Settings (one state directory, one set of ports)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: dict[str, Service] = build_services(settings)
+        self.run_dir = settings.home / "run"
+        self.log_dir = settings.home / "logs"
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _select(self, names: list[str] | None) -> list[Service]:
+        if not names:
+            return list(self.services.values())
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise NotFoundError("service", unknown[0], self.services)
+        return [self.services[n] for n in self.services if n in names]
+
+    def _pidfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.json"
+
+    def _record(self, name: str) -> dict | None:
+        try:
+            rec = json.loads(self._pidfile(name).read_text())
+        except (OSError, ValueError):
+            return None
+        if _proc_start_time(rec["pid"]) != rec.get("start_time"):
+            return {**rec, "alive": False}
+        return {**rec, "alive": True}
+
+    def _healthy(self, svc: Service) -> bool:
+        if svc.health == "redis":
+            return redis_ok(self.settings.host, svc.port)
+        return http_ok(svc.url + svc.health.removeprefix("http:"))
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    # -- verbs --------------------------------------------------------------------------------
+    def up(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started: list[tuple[Service, subprocess.Popen]] = []
+        for svc in self._select(names):
+            rec = self._record(svc.name)
+            if rec and rec["alive"]:
+                if wait_until(lambda s=svc: self._healthy(s), self.settings.start_timeout):
+                    continue
+                raise KeelError(f"{svc.name} (pid {rec['pid']}) is running but not healthy; "
+                                f"see `keel logs {svc.name}`")
+            if port_in_use(self.settings.host, svc.port):
+                var = f"KEEL_{svc.name.upper()}_PORT"
+                raise KeelError(f"port {svc.port} for {svc.name} is already in use by another program; "
+                                f"stop it or choose another port with {var}")
+            started.append((svc, self._spawn(svc)))
+        try:  # spawned together, awaited one by one: `up` costs the slowest start, not the sum
+            for svc, proc in started:
+                self._await(svc, proc)
+        except KeelError:
+            for svc, _ in started:  # all or nothing for what this call started
+                self._stop_one(svc.name)
+            raise
+        return self.status(names)
+
+    def _spawn(self, svc: Service) -> subprocess.Popen:
+        if svc.prepare:
+            svc.prepare()
+        cmd = resolve_binary(svc.command)
+        env = {**os.environ, **svc.env}
+        with open(self.log_path(svc.name), "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, cwd=self.settings.home,
+            )
+        rec = {"pid": proc.pid, "pgid": proc.pid, "start_time": _proc_start_time(proc.pid), "cmd": cmd}
+        self._pidfile(svc.name).write_text(json.dumps(rec))
+        return proc
+
+    def _await(self, svc: Service, proc: subprocess.Popen) -> None:
+        ok = wait_until(lambda: self._healthy(svc), self.settings.start_timeout,
+                        alive=lambda: proc.poll() is None)
+        if not ok:
+            code = proc.poll()
+            tail = self.tail(svc.name, 5).strip().replace("\n", " | ")
+            why = f"exited with code {code}" if code is not None else \
+                f"not healthy after {self.settings.start_timeout:.0f}s"
+            raise KeelError(f"{svc.name} failed to start ({why}); last log lines: {tail}")
+
+    def _stop_one(self, name: str, timeout: float = 20.0) -> bool:
+        rec = self._record(name)
+        if rec is None:
+            return False
+        pgid = rec["pgid"]
+        if rec["alive"] or _group_members(pgid):
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                if wait_until(lambda: not _group_members(pgid), wait, interval=0.1):
+                    break
+            with contextlib.suppress(ChildProcessError):  # reap if it is our child (tests)
+                os.waitpid(rec["pid"], os.WNOHANG)
+        self._pidfile(name).unlink(missing_ok=True)
+        return True
+
+    def down(self, names: list[str] | None = None) -> list[str]:
+        stopped = []
+        for svc in reversed(self._select(names)):
+            if self._stop_one(svc.name):
+                stopped.append(svc.name)
+        return stopped
+
+    def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        out = []
+        for svc in self._select(names):
+            rec = self._record(svc.name)
+            running = bool(rec and rec["alive"])
+            out.append(ServiceStatus(svc.name, svc.url, rec["pid"] if running and rec else None,
+                                     running, running and self._healthy(svc)))
+        return out
+
+    def pgids(self) -> list[int]:
+        """Process groups of the services keel started (for tests that prove `down` left nothing)."""
+        return [rec["pgid"] for n in self.services if (rec := self._record(n))]
+
+    def tail(self, name: str, lines: int = 50) -> str:
+        if name not in self.services:
+            raise NotFoundError("service", name, self.services)
+        path = self.log_path(name)
+        if not path.exists():
+            return ""
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode(errors="replace")
+        return "\n".join(data.splitlines()[-lines:])
+
+    def wait_healthy(self, name: str, timeout: float | None = None) -> bool:
+        svc = self.services[name]
+        return wait_until(lambda: self._healthy(svc), timeout or self.settings.start_timeout)
+
+
+def follow(path: Path, poll: float = 0.5) -> None:  # pragma: no cover - interactive
+    """`keel logs -f`: print new lines until interrupted."""
+    with open(path, errors="replace") as fh:
+        fh.seek(0, os.SEEK_END)
+        while True:
+            line = fh.readline()
+            if line:
+                print(line, end="")
+            else:
+                time.sleep(poll)

