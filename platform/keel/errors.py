@@ -30,7 +30,10 @@ class ServiceUnavailableError(KeelError):
 
 
 class GateRefusedError(KeelError):
-    """The promotion gate said no: the challenger is worse than the champion."""
+    """The promotion gate said no: the challenger is worse than the champion. Exits 3, not 2, so
+    scripts can tell "refused" from "you typed it wrong"."""
+
+    exit_code = 3
 
 
 class MissingExtraError(KeelError):

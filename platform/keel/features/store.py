@@ -12,6 +12,7 @@ import io
 import json
 import os
 import string
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,9 +70,20 @@ def _definitions_see(settings: Settings):
     """definitions.py reads keel's settings from the environment; make it see these ones."""
     saved = os.environ.get("KEEL_HOME")
     os.environ["KEEL_HOME"] = str(settings.home)
+    repo = str(settings.feature_repo)
+    cwd = os.getcwd()
+    # Feast imports repo files as top-level modules relative to the CWD; drop cached ones so a
+    # second apply in one process (tests, controller) re-reads them with these settings.
+    for mod in [m for m, v in sys.modules.items() if str(getattr(v, "__file__", "") or "").startswith(repo + os.sep)]:
+        del sys.modules[mod]
+    os.chdir(repo)
+    sys.path.insert(0, repo)
     try:
         yield
     finally:
+        os.chdir(cwd)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(repo)
         if saved is None:
             os.environ.pop("KEEL_HOME", None)
         else:
@@ -85,16 +97,10 @@ def apply(settings: Settings, quiet: bool = True) -> list[str]:
     check_online_store(settings)
     cfg = repo_config(settings)
     store = open_store(settings)
-    cwd = os.getcwd()
     sink = io.StringIO() if quiet else None
-    try:
-        with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext(), \
-                _definitions_see(settings):
-            repo = _get_repo_contents(settings.feature_repo, cfg.project, cfg)
-            apply_total_with_repo_instance(store, cfg.project, store.registry, repo,
-                                           skip_source_validation=False)
-    finally:
-        os.chdir(cwd)
+    with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext(), _definitions_see(settings):
+        repo = _get_repo_contents(settings.feature_repo, cfg.project, cfg)
+        apply_total_with_repo_instance(store, cfg.project, store.registry, repo, skip_source_validation=False)
     store.refresh_registry()
     return sorted(
         [fv.name for fv in store.list_feature_views()]
@@ -152,7 +158,8 @@ def definition_hash(store: FeatureStore, service: FeatureService) -> str:
             "ttl": fv.ttl.total_seconds() if fv.ttl else None,
             "entities": sorted(fv.entities),
             "schema": sorted((f.name, str(f.dtype)) for f in fv.schema),
-            "source": getattr(fv.batch_source, "path", fv.batch_source.name),
+            # the file's name, not its directory: moving KEEL_HOME does not change what a feature means
+            "source": Path(getattr(fv.batch_source, "path", "") or fv.batch_source.name).name,
             "timestamp": fv.batch_source.timestamp_field,
         })
     for od in sorted(odfvs, key=lambda v: v.name):

@@ -1,0 +1,346 @@
+"""The `keel` command. Thin: parses arguments, calls the SDK, renders results.
+
+User errors (KeelError, bad arguments) print one line on stderr and exit 2; a refused promotion
+exits 3. Heavy libraries load inside the commands that need them, so `keel --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keel import __version__
+from keel.config import Settings, describe_variables, load_settings
+from keel.errors import KeelError
+from keel.output import FORMATS, render
+
+OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                      help="output format")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    if ctx.obj is None:
+        ctx.obj = load_settings()
+    return ctx.obj
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="keel")
+def cli() -> None:
+    """keel: MLflow, Feast, KServe, Ray Serve, Airflow and Prometheus as one ML platform."""
+
+
+# -- local stack -----------------------------------------------------------------------------
+@cli.command()
+@click.argument("services", nargs=-1)
+@click.pass_context
+def up(ctx: click.Context, services: tuple[str, ...]) -> None:
+    """Start the local stack (or only SERVICES) on loopback and wait until healthy."""
+    from keel.stack import Stack
+
+    rows = Stack(_settings(ctx)).up(list(services) or None)
+    click.echo(render([_status_row(s) for s in rows], "table"))
+
+
+@cli.command()
+@click.argument("services", nargs=-1)
+@click.pass_context
+def down(ctx: click.Context, services: tuple[str, ...]) -> None:
+    """Stop the local stack (or only SERVICES); nothing keel started is left running."""
+    from keel.stack import Stack
+
+    stopped = Stack(_settings(ctx)).down(list(services) or None)
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@cli.command()
+@OUTPUT
+@click.pass_context
+def status(ctx: click.Context, fmt: str) -> None:
+    """Each local service's URL, pid and health."""
+    from keel.stack import Stack
+
+    click.echo(render([_status_row(s) for s in Stack(_settings(ctx)).status()], fmt))
+
+
+def _status_row(s: Any) -> dict[str, Any]:
+    return {"service": s.name, "url": s.url, "pid": s.pid, "state": s.state}
+
+
+@cli.command()
+@click.argument("service")
+@click.option("-n", "--lines", default=50, show_default=True, help="lines to show")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.pass_context
+def logs(ctx: click.Context, service: str, lines: int, follow: bool) -> None:
+    """Show a local service's log."""
+    from keel.stack import Stack
+    from keel.stack.supervisor import follow as follow_log
+
+    stack = Stack(_settings(ctx))
+    click.echo(stack.tail(service, lines))
+    if follow:
+        follow_log(stack.log_path(service))
+
+
+@cli.command("config")
+@click.option("--list", "list_vars", is_flag=True, help="list every KEEL_* variable with its default")
+@OUTPUT
+@click.pass_context
+def config_cmd(ctx: click.Context, list_vars: bool, fmt: str) -> None:
+    """Show the resolved settings (or the variables that set them)."""
+    if list_vars:
+        rows = [{"variable": v, "default": d, "description": t} for v, d, t in describe_variables()]
+        click.echo(render(rows, fmt))
+        return
+    s = _settings(ctx)
+    data = s.model_dump(mode="json")
+    data.update(tracking_uri=s.tracking_uri, redis=s.redis_connection.split(",")[0],
+                prometheus=s.prometheus_url, pushgateway=s.pushgateway_url, alertmanager=s.alertmanager_url)
+    rows = [{"setting": k, "value": v} for k, v in data.items()]
+    click.echo(render(rows if fmt == "table" else data, fmt))
+
+
+# -- data and features -----------------------------------------------------------------------
+@cli.group()
+def data() -> None:
+    """Synthetic fraud-domain data."""
+
+
+def _drift_pairs(values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for item in values:
+        name, sep, factor = item.partition("=")
+        try:
+            out[name] = float(factor)
+        except ValueError:
+            raise KeelError(f"invalid --drift '{item}': expected FEATURE=FACTOR, e.g. amount_mean_24h=1.8") from None
+        if not sep:
+            raise KeelError(f"invalid --drift '{item}': expected FEATURE=FACTOR, e.g. amount_mean_24h=1.8")
+    return out
+
+
+@data.command("generate")
+@click.option("--transactions", default=100_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--customers", default=5_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--merchants", default=300, show_default=True, type=click.IntRange(min=1))
+@click.option("--days", default=14, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=7, show_default=True)
+@click.option("--end", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), help="window end (default: this hour)")
+@click.option("--drift", multiple=True, help="FEATURE=FACTOR, scale a feature after --drift-start")
+@click.option("--drift-start", default=0.8, show_default=True, type=float, help="fraction of the window")
+@click.option("--out", type=click.Path(path_type=Path), help="directory (default: KEEL_HOME/data)")
+@click.pass_context
+def data_generate(ctx: click.Context, out: Path | None, end: datetime | None, drift: tuple[str, ...],
+                  **kw: Any) -> None:
+    """Generate labelled transactions and feature snapshots as parquet."""
+
+    from keel.features.datagen import GenSpec, generate, write
+
+    extra = {"end": end if end.tzinfo else end.replace(tzinfo=UTC)} if end else {}
+    spec = GenSpec(drift=_drift_pairs(drift), **extra, **kw)
+    paths = write(generate(spec), out or _settings(ctx).data_dir)
+    import pyarrow.parquet as pq
+
+    click.echo(render([{"table": k, "rows": pq.read_metadata(p).num_rows, "path": str(p)} for k, p in paths.items()],
+                      "table"))
+
+
+@cli.group()
+def features() -> None:
+    """Feast: apply definitions, materialize, build training sets."""
+
+
+@features.command("apply")
+@click.pass_context
+def features_apply(ctx: click.Context) -> None:
+    """Register the feature repo's definitions (feast apply)."""
+    from keel.features import store
+
+    names = store.apply(_settings(ctx))
+    click.echo(f"applied {len(names)} objects: {', '.join(names)}")
+
+
+@features.command("materialize")
+@click.option("--end", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]), help="default: now")
+@click.option("--view", "views", multiple=True, help="only these feature views")
+@click.pass_context
+def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[str, ...]) -> None:
+    """Incrementally load the online store (Redis) up to END, with progress."""
+
+    from keel.features import store
+
+    if end and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    done = store.materialize(_settings(ctx), end, list(views) or None)
+    click.echo(f"materialized up to {done.isoformat()}")
+
+
+@features.command("training-set")
+@click.argument("feature_service")
+@click.option("--labels", type=click.Path(path_type=Path), help="labelled events (parquet/csv); "
+              "default: KEEL_HOME/data/transactions.parquet")
+@click.option("--label", default="is_fraud", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="snapshot directory")
+@click.pass_context
+def features_training_set(ctx: click.Context, feature_service: str, labels: Path | None, label: str,
+                          out: Path | None) -> None:
+    """Point-in-time join of labelled events against FEATURE_SERVICE, snapshotted with a content hash."""
+    from keel.features import training
+
+    s = _settings(ctx)
+    ts = training.build(s, feature_service, labels or s.data_dir / "transactions.parquet", label, out)
+    click.echo(render({"rows": len(ts.frame), "features": len(ts.features), "hash": ts.snapshot_hash,
+                       "snapshot": str(ts.snapshot), "window": f"{ts.window_start} .. {ts.window_end}"}, "yaml"))
+
+
+@features.command("env")
+@click.pass_context
+def features_env(ctx: click.Context) -> None:
+    """Print exports that let the plain `feast` CLI use keel's feature repo."""
+    import shlex
+
+    from keel.features.store import placeholders
+
+    for k, v in placeholders(_settings(ctx)).items():
+        click.echo(f"export {k}={shlex.quote(v)}")
+
+
+# -- training and registry -------------------------------------------------------------------
+@cli.command()
+@click.argument("model")
+@click.option("--feature-service", default="fraud_model_v1", show_default=True)
+@click.option("--labels", type=click.Path(path_type=Path), help="default: KEEL_HOME/data/transactions.parquet")
+@click.option("--reason", default="", help="recorded in the audit log")
+@click.pass_context
+def train(ctx: click.Context, model: str, feature_service: str, labels: Path | None, reason: str) -> None:
+    """Build a training set, train the fraud model and register it as MODEL's challenger."""
+    from keel.features import training
+    from keel.registry.client import Registry
+    from keel.train import train_fraud_model
+
+    s = _settings(ctx)
+    registry = Registry(s)
+    registry.client  # noqa: B018 - fail fast when MLflow is down, before minutes of work
+    ts = training.build(s, feature_service, labels or s.data_dir / "transactions.parquet")
+    trained = train_fraud_model(ts)
+    v = registry.register(trained.model, model, ts, trained.holdout, trained.metrics, trained.params, reason=reason)
+    click.echo(f"registered {model} v{v.version} as challenger; " +
+               ", ".join(f"{k}={val:.4f}" for k, val in trained.metrics.items()))
+
+
+@cli.group()
+def models() -> None:
+    """Registered models."""
+
+
+@models.command("list")
+@OUTPUT
+@click.pass_context
+def models_list(ctx: click.Context, fmt: str) -> None:
+    """Every registered model with its champion and challenger."""
+    from keel.registry.client import Registry
+
+    click.echo(render(Registry(_settings(ctx)).models(), fmt))
+
+
+@models.command("show")
+@click.argument("model")
+@OUTPUT
+@click.pass_context
+def models_show(ctx: click.Context, model: str, fmt: str) -> None:
+    """A model's versions, aliases, lineage and metrics."""
+    from keel.registry.client import Registry
+
+    info = Registry(_settings(ctx)).show(model)
+    if fmt != "table":
+        click.echo(render(info, fmt))
+        return
+    click.echo(f"model {info['name']}  aliases: " + (", ".join(f"{a}=v{v}" for a, v in info["aliases"].items())
+                                                     or "none"))
+    rows = [{"version": v["version"], "aliases": v["aliases"],
+             **{k: v["metrics"].get(k) for k in ("roc_auc", "pr_auc")},
+             "feature_service": v["lineage"].get("feature_service"),
+             "training_set": v["lineage"].get("training_set_hash"),
+             "git": (v["lineage"].get("git_sha") or "")[:12]} for v in info["versions"]]
+    click.echo(render(rows, "table"))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--force", is_flag=True, help="skip the gate (needs --reason)")
+@click.option("--reason", default="", help="recorded in the audit log")
+@click.pass_context
+def promote(ctx: click.Context, model: str, force: bool, reason: str) -> None:
+    """Make MODEL's challenger the champion if it is not worse on the same holdout."""
+    from keel.registry.client import Registry
+
+    v = Registry(_settings(ctx)).promote(model, force=force, reason=reason)
+    click.echo(f"{model} v{v.version} is now champion")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--reason", default="", help="recorded in the audit log")
+@click.pass_context
+def rollback(ctx: click.Context, model: str, reason: str) -> None:
+    """Point MODEL's champion back at the previous champion."""
+    from keel.registry.client import Registry
+
+    v = Registry(_settings(ctx)).rollback(model, reason=reason)
+    click.echo(f"{model} champion rolled back to v{v.version}")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@OUTPUT
+@click.pass_context
+def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
+    """The audit log of alias changes (all models, or MODEL)."""
+    from dataclasses import asdict
+
+    from keel.registry.audit import AuditLog
+
+    rows = [asdict(r) for r in AuditLog(_settings(ctx).audit_log).records(model)]
+    cols = ["time", "actor", "action", "model", "alias", "from_version", "to_version", "reason"]
+    click.echo(render(rows, fmt, cols) if fmt == "table" else render(rows, fmt))
+
+
+@cli.command()
+@click.option("--transactions", default=100_000, show_default=True, type=click.IntRange(min=1000))
+@click.option("--model", default="fraud", show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, transactions: int, model: str) -> None:
+    """Run the platform's main job on the local stack, end to end."""
+    from keel.demo import run_demo
+
+    run_demo(_settings(ctx), transactions=transactions, model=model, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        cli.main(args=argv, prog_name="keel", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("keel: aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"keel: error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except KeelError as exc:
+        click.echo(f"keel: error: {exc}", err=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

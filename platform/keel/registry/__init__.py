@@ -1,0 +1,1 @@
+"""The model registry (MLflow) with keel's lineage, promotion gate, rollback and audit trail."""
