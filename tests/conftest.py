@@ -1,0 +1,55 @@
+"""Shared test helpers: free loopback ports, isolated keel settings, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keel.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+KEEL = str(Path(sys.executable).parent / "keel")
+PORT_FIELDS = ("mlflow_port", "redis_port", "prometheus_port", "pushgateway_port", "alertmanager_port")
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def isolated_settings(home: Path, **extra: object) -> Settings:
+    """Settings with their own state directory and unused ports, so tests never touch a user's stack."""
+    ports = dict(zip(PORT_FIELDS, free_ports(len(PORT_FIELDS)), strict=True))
+    return load_settings(home=home, **ports, **extra)
+
+
+def keel_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update({"KEEL_HOME": str(settings.home), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"})
+    for f in PORT_FIELDS:
+        env[f"KEEL_{f.upper()}"] = str(getattr(settings, f))
+    env.update(extra)
+    return env
+
+
+def run_keel(args: list[str], settings: Settings, timeout: float = 300, **extra_env: str
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KEEL, *args], env=keel_env(settings, **extra_env), capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
+
+
+@pytest.fixture
+def tmp_settings(tmp_path: Path) -> Settings:
+    return isolated_settings(tmp_path / "keel")

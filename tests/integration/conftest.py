@@ -1,0 +1,59 @@
+"""Real services for integration tests: one local stack per session on free loopback ports, stopped
+(and checked stopped) at the end; feature data generated, applied and materialized once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from keel.config import Settings
+from keel.stack import Stack
+from keel.stack.supervisor import _group_members
+from tests.conftest import isolated_settings
+
+DATA_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return isolated_settings(tmp_path_factory.mktemp("stack") / "keel", actor="pytest")
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> Iterator[Stack]:
+    st = Stack(stack_settings)
+    st.up()
+    pgids = st.pgids()
+    yield st
+    st.down()
+    assert not [p for g in pgids for p in _group_members(g)], "services left running after down()"
+
+
+@pytest.fixture(scope="session")
+def feature_data(stack: Stack, stack_settings: Settings) -> dict[str, Path]:
+    """Generated fraud data ending at a fixed time, applied to Feast and materialized into Redis."""
+    from keel.features import store
+    from keel.features.datagen import GenSpec, generate, write
+
+    paths = write(generate(GenSpec(transactions=20_000, customers=800, merchants=60, days=10, end=DATA_END)),
+                  stack_settings.data_dir)
+    store.apply(stack_settings)
+    store.materialize(stack_settings, end=DATA_END)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def training_set(feature_data: dict[str, Path], stack_settings: Settings):  # noqa: ANN201
+    from keel.features import training
+
+    return training.build(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keel.errors import KeelError
+from keel.registry import metrics as m
+
+
+@pytest.mark.parametrize(
+    ("name", "challenger", "champion", "tol", "ok"),
+    [
+        ("roc_auc", 0.80, 0.80, 0.0, True),
+        ("roc_auc", 0.79, 0.80, 0.0, False),
+        ("roc_auc", 0.79, 0.80, 0.02, True),
+        ("log_loss", 0.30, 0.25, 0.0, False),
+        ("log_loss", 0.20, 0.25, 0.0, True),
+        ("rmse", 1.05, 1.0, 0.1, True),
+    ],
+)
+def test_gate_direction_and_tolerance(name: str, challenger: float, champion: float, tol: float, ok: bool) -> None:
+    assert m.not_worse(name, challenger, champion, tol) is ok
+
+
+def test_unknown_metric_lists_choices() -> None:
+    with pytest.raises(KeelError, match=r"unknown promotion metric 'auc' \(KEEL_PROMOTION_METRIC\); valid choices: accuracy, f1"):
+        m.metric("auc")
+
+
+def test_metrics_compute_known_values() -> None:
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8])
+    assert m.metric("roc_auc")(y, s) == pytest.approx(0.75)
+    assert m.metric("accuracy")(y, s) == pytest.approx(0.75)  # 0.35 falls below 0.5
+
+
+def test_scores_take_positive_class_probability() -> None:
+    class Clf:
+        def predict_proba(self, X: object) -> np.ndarray:
+            return np.array([[0.9, 0.1], [0.2, 0.8]])
+
+    assert m.scores(Clf(), None).tolist() == [0.1, 0.8]
