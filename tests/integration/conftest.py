@@ -53,7 +53,7 @@ def feature_data(stack: Stack, stack_settings: Settings) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def training_set(feature_data: dict[str, Path], stack_settings: Settings):  # noqa: ANN201
+def training_set(feature_data: dict[str, Path], stack_settings: Settings):
     from keel.features import training
 
     return training.build(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))

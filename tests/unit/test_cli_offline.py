@@ -10,7 +10,7 @@ from keel.config import Settings
 from tests.conftest import run_keel
 
 
-def _one_line_error(proc, *needles: str) -> None:  # noqa: ANN001
+def _one_line_error(proc, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

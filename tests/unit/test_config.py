@@ -85,7 +85,7 @@ def test_bad_yaml_file_names_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_missing_yaml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KEEL_CONFIG", str(tmp_path / "nope.yaml"))
-    with pytest.raises(KeelError, match="nope.yaml: file not found"):
+    with pytest.raises(KeelError, match=r"nope\.yaml: file not found"):
         load_settings()
 
 

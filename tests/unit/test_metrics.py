@@ -23,7 +23,8 @@ def test_gate_direction_and_tolerance(name: str, challenger: float, champion: fl
 
 
 def test_unknown_metric_lists_choices() -> None:
-    with pytest.raises(KeelError, match=r"unknown promotion metric 'auc' \(KEEL_PROMOTION_METRIC\); valid choices: accuracy, f1"):
+    expected = r"unknown promotion metric 'auc' \(KEEL_PROMOTION_METRIC\); valid choices: accuracy, f1"
+    with pytest.raises(KeelError, match=expected):
         m.metric("auc")
 
 
