@@ -13,7 +13,7 @@ import json
 import os
 import string
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,17 +120,32 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
 
 
 def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None) -> datetime:
-    """Incremental materialization up to ``end`` (default now): each view resumes where it stopped."""
+    """Incremental materialization up to ``end`` (default now): each view resumes where it stopped.
+
+    Unlike Feast's ``materialize_incremental``, a view's first run starts one TTL before ``end``
+    rather than one TTL before the wall clock, so backfilling a past window loads what it should.
+    """
     check_online_store(settings)
-    store = open_store(settings)
-    end = end or datetime.now(UTC)
-    known = [fv.name for fv in store.list_feature_views()]
-    if not known:
+    fs = open_store(settings)
+    end = end or datetime.now(timezone.utc)
+    registered = {fv.name: fv for fv in fs.list_feature_views()}
+    if not registered:
         raise KeelError("no feature views are registered; run `keel features apply` first")
     for v in views or []:
-        if v not in known:
-            raise NotFoundError("feature view", v, known)
-    store.materialize_incremental(end_date=end, feature_views=views)
+        if v not in registered:
+            raise NotFoundError("feature view", v, registered)
+    for name in views or sorted(registered):
+        fv = registered[name]
+        if not fv.online:
+            continue
+        start = fv.most_recent_end_time
+        if start is None:
+            start = end - (fv.ttl if fv.ttl else timedelta(days=3650))
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)
+        if start >= end:
+            continue
+        fs.materialize(start_date=start, end_date=end, feature_views=[name])
     return end
 
 

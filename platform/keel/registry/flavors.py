@@ -19,19 +19,30 @@ def flavor_of(model: Any) -> str:
     return "sklearn"
 
 
+def requirements(flavor: str) -> list[str]:
+    """Pinned from the running environment. Passing them explicitly spares MLflow from inferring them,
+    which loads the model in a subprocess and costs seconds per registration."""
+    from importlib.metadata import version
+
+    pkgs = ["mlflow", "scikit-learn", "numpy", "pandas", "cloudpickle"]
+    if flavor == "xgboost":
+        pkgs.append("xgboost")
+    return [f"{p}=={version(p)}" for p in pkgs]
+
+
 def log_model(model: Any, registered_name: str, signature: Any, input_example: Any) -> Any:
     flavor = flavor_of(model)
+    common = {"name": "model", "signature": signature, "input_example": input_example,
+              "registered_model_name": registered_name, "pip_requirements": requirements(flavor)}
     if flavor == "xgboost":
         import mlflow.xgboost
 
-        return mlflow.xgboost.log_model(model, name="model", signature=signature, input_example=input_example,
-                                        registered_model_name=registered_name, model_format="ubj")
+        return mlflow.xgboost.log_model(model, model_format="ubj", **common)
     import mlflow.sklearn
 
     predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
-    return mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=input_example,
-                                    registered_model_name=registered_name, pyfunc_predict_fn=predict_fn,
-                                    serialization_format="cloudpickle")
+    return mlflow.sklearn.log_model(model, pyfunc_predict_fn=predict_fn, serialization_format="cloudpickle",
+                                    **common)
 
 
 def load_model(uri: str, flavor: str) -> Any:

@@ -125,7 +125,11 @@ class Stack:
 
     def _spawn(self, svc: Service) -> subprocess.Popen:
         if svc.prepare:
-            svc.prepare()
+            try:
+                svc.prepare()
+            except OSError as exc:
+                raise KeelError(f"{svc.name}: cannot write its files under {self.settings.home}: "
+                                f"{exc.strerror or exc} ({exc.filename})") from None
         cmd = resolve_binary(svc.command)
         env = {**os.environ, **svc.env}
         with open(self.log_path(svc.name), "ab") as log:
