@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +54,7 @@ class Settings(BaseSettings):
     promotion_metric: str = Field("roc_auc", description="holdout metric the promotion gate compares")
     promotion_tolerance: float = Field(0.0, ge=0.0, description="how much worse a challenger may be")
     actor: str = Field(default_factory=_default_actor, description="who is recorded in audit records")
+    feature_timeout_ms: float = Field(100.0, gt=0, description="serving: online-store call timeout")
     start_timeout: float = Field(90.0, gt=0, description="seconds to wait for a service to become healthy")
 
     @field_validator("home", "feature_repo")
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
             return f"http://{self._svc('alertmanager', 9093)}"
         return f"http://{self.host}:{self.alertmanager_port}"
 
-    @cached_property
+    @property
     def data_dir(self) -> Path:
         return self.home / "data"
 

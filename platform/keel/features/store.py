@@ -51,10 +51,16 @@ def repo_config(settings: Settings) -> Any:
     return RepoConfig(repo_path=settings.feature_repo, **raw)
 
 
-def open_store(settings: Settings) -> FeatureStore:
+def open_store(settings: Settings, serving: bool = False) -> FeatureStore:
+    """The Feast store. ``serving=True`` bounds every Redis call by KEEL_FEATURE_TIMEOUT_MS, so a hung
+    online store costs a request that long, not a TCP timeout."""
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(settings))
+    cfg = repo_config(settings)
+    if serving and cfg.online_store.type == "redis":
+        t = settings.feature_timeout_ms / 1000.0
+        cfg.online_store.connection_string += f",socket_timeout={t},socket_connect_timeout={t}"
+    return FeatureStore(config=cfg)
 
 
 def check_online_store(settings: Settings) -> None:

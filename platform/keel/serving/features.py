@@ -1,0 +1,140 @@
+"""Online feature lookup for serving, with a timeout, a circuit breaker and defaults.
+
+Base features come from Feast's online store (Redis); on-demand features are computed here with the
+feature view's own transformation, on either the fetched values or the defaults, so the normal and
+the degraded paths produce the same columns in the same way. An entity the store does not know gets
+nulls, exactly as it would have in the point-in-time training set; only a failing store triggers
+defaults (the training median of each feature, stored with the model) and ``degraded``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keel.serving.breaker import CircuitBreaker
+
+log = logging.getLogger("keel.serving")
+
+
+@dataclass
+class Lookup:
+    frame: pd.DataFrame      # one row per entity: base + on-demand features (+ request fields)
+    degraded: np.ndarray     # bool per row: defaults were used
+    reason: str | None       # why, when any row is degraded
+
+
+class TTLCache:
+    """A small LRU of recently fetched entities' base features (optional, off by default)."""
+
+    def __init__(self, ttl_s: float, max_items: int = 10_000) -> None:
+        self.ttl_s, self.max_items = ttl_s, max_items
+        self._data: OrderedDict[tuple, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+                return None
+            self._data.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple, value: dict[str, Any]) -> None:
+        with self._lock:
+            self._data[key] = (time.monotonic(), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+
+class OnlineFeatures:
+    def __init__(self, store: Any, service_name: str, defaults: dict[str, float | None],
+                 breaker: CircuitBreaker | None = None, cache_ttl_s: float = 0.0) -> None:
+        from keel.features.store import feature_service, service_views
+
+        self.store = store
+        self.service = feature_service(store, service_name)
+        fvs, odfvs = service_views(store, self.service)
+        by_name = {p.name: p for p in self.service.feature_view_projections}
+        self.entity_keys = sorted({jk for fv in fvs for jk in fv.join_keys})
+        self.refs: list[str] = []
+        self.base: list[str] = []
+        for fv in fvs:
+            for f in by_name[fv.name].features:
+                self.refs.append(f"{fv.name}:{f.name}")
+                self.base.append(f.name)
+        self.odfvs = odfvs
+        self.request_fields = sorted({f.name for od in odfvs for src in od.source_request_sources.values()
+                                      for f in src.schema})
+        # an on-demand view may read base features the service does not serve itself
+        needed = {f.name: f"{p.name}:{f.name}" for od in odfvs for p in od.source_feature_view_projections.values()
+                  for f in p.features}
+        for name, ref in needed.items():
+            if name not in self.base:
+                self.refs.append(ref)
+                self.base.append(name)
+        self.defaults = defaults
+        self.breaker = breaker or CircuitBreaker()
+        self.cache = TTLCache(cache_ttl_s) if cache_ttl_s > 0 else None
+
+    def _from_store(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        keys = [{k: r[k] for k in self.entity_keys} for r in rows]
+        out = self.store.get_online_features(features=self.refs, entity_rows=keys).to_dict()
+        return pd.DataFrame({name: out[name] for name in self.base})
+
+    def _defaults(self, n: int) -> pd.DataFrame:
+        return pd.DataFrame({name: [self.defaults.get(name)] * n for name in self.base})
+
+    def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
+        n = len(rows)
+        base: pd.DataFrame | None = None
+        degraded = np.zeros(n, dtype=bool)
+        reason = None
+        missing = list(range(n))
+        cached: dict[int, dict[str, Any]] = {}
+        if self.cache:
+            for i, r in enumerate(rows):
+                hit = self.cache.get(tuple(r[k] for k in self.entity_keys))
+                if hit is not None:
+                    cached[i] = hit
+            missing = [i for i in range(n) if i not in cached]
+        fetched: pd.DataFrame | None = None
+        if missing:
+            if self.breaker.allow():
+                try:
+                    fetched = self._from_store([rows[i] for i in missing])
+                    self.breaker.success()
+                except Exception as exc:  # any store failure degrades; it must never fail the request
+                    self.breaker.failure()
+                    reason = "error"
+                    log.warning("online store failed (%s: %s); serving defaults", type(exc).__name__, exc)
+            else:
+                reason = "breaker_open"
+            if fetched is None:
+                fetched = self._defaults(len(missing))
+                degraded[missing] = True
+            elif self.cache:
+                for j, i in enumerate(missing):
+                    self.cache.put(tuple(rows[i][k] for k in self.entity_keys), fetched.iloc[j].to_dict())
+        if cached:
+            base = pd.DataFrame([cached[i] if i in cached else None for i in range(n)], columns=self.base)
+            if missing:
+                base.iloc[missing] = fetched.to_numpy()
+        else:
+            base = fetched
+        frame = base.astype("float64")
+        for f in self.request_fields:
+            frame[f] = [float(r[f]) for r in rows]
+        for od in self.odfvs:
+            out = od.feature_transformation.udf(frame.copy())
+            for col in out.columns:
+                frame[col] = out[col].to_numpy(dtype="float64")
+        return Lookup(frame, degraded, reason)

@@ -1,0 +1,100 @@
+"""Champion and challenger side by side: a canary split by weight, or the challenger in shadow.
+
+In canary mode each request is answered by exactly one version (the response says which). In
+shadow mode the primary always answers; the challenger scores the same request on a background
+worker and is only logged, never returned. Shadow work is bounded: when the queue is full, shadow
+scoring is skipped rather than slowing the primary.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from keel.serving import metrics as M
+from keel.serving.core import InputError, Predictor, Result
+
+log = logging.getLogger("keel.serving")
+
+
+class Router:
+    def __init__(self, primary: Predictor, secondary: Predictor | None = None, mode: str | None = None,
+                 weight: float = 0.0, seed: int | None = None, shadow_queue: int = 64) -> None:
+        if mode not in (None, "canary", "shadow"):
+            raise ValueError(f"mode={mode!r}: expected None, 'canary' or 'shadow'")
+        if mode and secondary is None:
+            raise ValueError(f"mode={mode!r} needs a second predictor")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight={weight}: expected a fraction between 0 and 1")
+        self.primary, self.secondary, self.mode, self.weight = primary, secondary, mode, weight
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keel-shadow") if mode == "shadow" else None
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
+        self._shadow_queue = shadow_queue
+        self._inflight = M.INFLIGHT.labels(primary.name)
+
+    @property
+    def name(self) -> str:
+        return self.primary.name
+
+    @property
+    def predictors(self) -> list[Predictor]:
+        return [p for p in (self.primary, self.secondary) if p is not None]
+
+    def route(self) -> Predictor:
+        if self.mode == "canary" and self.secondary is not None:
+            with self._rng_lock:
+                if self._rng.random() < self.weight:
+                    return self.secondary
+        return self.primary
+
+    def predict(self, instances: Any, target: Predictor | None = None) -> Result:
+        """Answer one request, counting its outcome by HTTP-equivalent code."""
+        chosen = target or self.route()
+        role = "canary" if chosen is not self.primary else "primary"
+        self._inflight.inc()
+        try:
+            result = chosen.predict(instances, role=role)
+        except InputError:
+            M.REQUESTS.labels(chosen.name, chosen.version, "400").inc()
+            raise
+        except Exception:
+            M.REQUESTS.labels(chosen.name, chosen.version, "500").inc()
+            raise
+        finally:
+            self._inflight.dec()
+        M.REQUESTS.labels(chosen.name, chosen.version, "200").inc()
+        if self._shadow is not None and self.secondary is not None:
+            self._submit_shadow(instances, result.request_id)
+        return result
+
+    def _submit_shadow(self, instances: Any, request_id: str) -> None:
+        with self._pending_lock:
+            if len(self._pending) >= self._shadow_queue:
+                return
+            fut = self._shadow.submit(self._score_shadow, instances, request_id)
+            self._pending.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future) -> None:
+        with self._pending_lock:
+            self._pending.discard(fut)
+
+    def _score_shadow(self, instances: Any, request_id: str) -> None:
+        try:
+            self.secondary.predict(instances, role="shadow", request_id=request_id)
+        except Exception as exc:  # a failing shadow must never affect the primary
+            log.warning("shadow scoring failed: %s", exc)
+
+    def close(self) -> None:
+        """Finish shadow work, then flush every prediction log (graceful stop loses nothing)."""
+        if self._shadow is not None:
+            self._shadow.shutdown(wait=True)
+        for p in self.predictors:
+            if p.predlog is not None:
+                p.predlog.flush()

@@ -1,0 +1,78 @@
+"""What to serve: one spec shared by the local launcher, both runtimes, the CLI and (later) the chart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from keel.config import Settings
+from keel.errors import KeelError
+
+RUNTIMES = ("kserve", "ray")
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    model: str
+    alias: str = "champion"
+    version: str | None = None
+    runtime: str = "kserve"
+    port: int = 8085
+    canary_alias: str | None = None
+    canary_weight: float = 0.0
+    shadow_alias: str | None = None
+    max_batch: int = 1000
+    gpu: bool = False
+    num_gpus: float = 0.0
+    predlog_uri: str | None = None
+    sample_rate: float = 1.0
+    cache_ttl_s: float = 0.0
+    batch_max_size: int = 32
+    batch_wait_s: float = 0.005
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise KeelError(f"unknown runtime '{self.runtime}'; valid choices: {', '.join(RUNTIMES)}")
+        if self.canary_alias and self.shadow_alias:
+            raise KeelError("choose --canary or --shadow, not both")
+        if not 0.0 <= self.canary_weight <= 1.0:
+            raise KeelError(f"invalid canary weight {self.canary_weight}: expected a percentage from 0 to 100")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise KeelError(f"invalid sample rate {self.sample_rate}: expected a fraction between 0 and 1")
+        if self.num_gpus < 0 or self.max_batch < 1 or self.min_replicas < 0 or self.max_replicas < 1:
+            raise KeelError("num_gpus >= 0, max_batch >= 1, min_replicas >= 0 and max_replicas >= 1 are required")
+
+    @classmethod
+    def parse_canary(cls, text: str) -> tuple[str, float]:
+        alias, sep, pct = text.partition(":")
+        try:
+            weight = float(pct) / 100.0
+        except ValueError:
+            weight = -1.0
+        if not sep or not alias or not 0.0 <= weight <= 1.0:
+            raise KeelError(f"invalid --canary '{text}': expected ALIAS:PERCENT, e.g. challenger:10")
+        return alias, weight
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSpec:
+        return cls(**json.loads(text))
+
+    def build_router(self, settings: Settings, seed: int | None = None) -> Any:
+        from keel.serving.core import Predictor
+        from keel.serving.predlog import PredictionLog
+        from keel.serving.router import Router
+
+        uri = self.predlog_uri or str(settings.home / "predictions")
+        log = PredictionLog(uri, self.sample_rate)
+        common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s}
+        primary = Predictor.from_registry(settings, self.model, self.alias, self.version, **common)
+        other = self.canary_alias or self.shadow_alias
+        secondary = Predictor.from_registry(settings, self.model, other, **common) if other else None
+        mode = "canary" if self.canary_alias else "shadow" if self.shadow_alias else None
+        return Router(primary, secondary, mode, self.canary_weight, seed)
