@@ -125,7 +125,7 @@ class OnlineFeatures:
                 for j, i in enumerate(missing):
                     self.cache.put(tuple(rows[i][k] for k in self.entity_keys), fetched.iloc[j].to_dict())
         if cached:
-            base = pd.DataFrame([cached[i] if i in cached else None for i in range(n)], columns=self.base)
+            base = pd.DataFrame([cached.get(i) for i in range(n)], columns=self.base)
             if missing:
                 base.iloc[missing] = fetched.to_numpy()
         else:

@@ -73,6 +73,47 @@ class Router:
             self._submit_shadow(instances, result.request_id)
         return result
 
+    def predict_many(self, requests: list[Any]) -> list[Result | InputError]:
+        """Answer several requests with one model call per chosen version (adaptive batching).
+
+        Each request is validated on its own, so one bad request fails alone; valid ones are scored
+        together and split back. Canary routing stays per request.
+        """
+        out: list[Result | InputError | None] = [None] * len(requests)
+        groups: dict[int, tuple[Predictor, list[int], list[list[dict[str, Any]]]]] = {}
+        for i, instances in enumerate(requests):
+            chosen = self.route()
+            try:
+                rows = chosen.validate(instances)
+            except InputError as exc:
+                M.REQUESTS.labels(chosen.name, chosen.version, "400").inc()
+                out[i] = exc
+                continue
+            groups.setdefault(id(chosen), (chosen, [], []))
+            groups[id(chosen)][1].append(i)
+            groups[id(chosen)][2].append(rows)
+        for chosen, idx, rows_list in groups.values():
+            role = "canary" if chosen is not self.primary else "primary"
+            flat = [r for rows in rows_list for r in rows]
+            self._inflight.inc(len(idx))
+            try:
+                merged = chosen.predict(flat, role=role)
+            except Exception:
+                M.REQUESTS.labels(chosen.name, chosen.version, "500").inc(len(idx))
+                raise
+            finally:
+                self._inflight.dec(len(idx))
+            pos = 0
+            for i, rows in zip(idx, rows_list, strict=True):
+                k = len(rows)
+                out[i] = Result(chosen.name, chosen.version, merged.scores[pos:pos + k], merged.degraded[pos:pos + k],
+                                role)
+                pos += k
+                M.REQUESTS.labels(chosen.name, chosen.version, "200").inc()
+                if self._shadow is not None and self.secondary is not None:
+                    self._submit_shadow(requests[i], out[i].request_id)
+        return out  # type: ignore[return-value]
+
     def _submit_shadow(self, instances: Any, request_id: str) -> None:
         with self._pending_lock:
             if len(self._pending) >= self._shadow_queue:

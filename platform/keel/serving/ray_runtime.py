@@ -1,0 +1,151 @@
+"""Ray Serve runtime: a deployment over keel's router with adaptive batching (``@serve.batch``),
+autoscaling and fractional GPUs. Same V1 request/response as the KServe runtime.
+
+Ray's value here is batching, GPU packing and autoscaling, not single-request latency (its proxy hop
+costs milliseconds): requests that arrive within ``batch_wait_s`` of each other share one model call.
+
+Run locally: ``python -m keel.serving.ray_runtime --spec '<ServeSpec JSON>'``; on a cluster, the Serve
+config in ``serving/`` points at :func:`app_builder`.
+"""
+
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from keel.serving.spec import ServeSpec
+
+log = logging.getLogger("keel.serving")
+api = FastAPI(title="keel serving (Ray Serve)")
+
+
+@serve.deployment(name="keel")
+@serve.ingress(api)
+class KeelDeployment:
+    def __init__(self, spec_json: str, env: "dict[str, str] | None" = None) -> None:
+        from keel.config import load_settings
+
+        os.environ.update(env or {})
+        self.spec = ServeSpec.from_json(spec_json)
+        self.router = self.spec.build_router(load_settings())
+        self.predict_batch.set_max_batch_size(self.spec.batch_max_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, requests: list[Any]) -> list[Any]:
+        return self.router.predict_many(requests)
+
+    @api.post("/v1/models/{name}:predict")
+    async def predict(self, name: str, request: Request) -> Response:
+        from keel.serving.core import InputError
+
+        if name != self.spec.model:
+            return JSONResponse({"error": f"model '{name}' is not served here; serving '{self.spec.model}'",
+                                 "field": "model"}, status_code=404)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return JSONResponse({"error": f"body: not valid JSON ({exc})", "field": "body"}, status_code=400)
+        if not isinstance(body, dict) or "instances" not in body:
+            return JSONResponse({"error": "instances: missing; expected {\"instances\": [{...}]}",
+                                 "field": "instances"}, status_code=400)
+        result = await self.predict_batch(body["instances"])
+        if isinstance(result, InputError):
+            return JSONResponse(result.body(), status_code=400)
+        return JSONResponse(result.as_dict())
+
+    @api.get("/v1/models/{name}")
+    async def ready(self, name: str) -> Response:
+        if name != self.spec.model:
+            return JSONResponse({"error": f"model '{name}' is not served here", "field": "model"}, status_code=404)
+        p = self.router.primary
+        return JSONResponse({"name": name, "ready": True, "version": p.version, "alias": p.alias,
+                             "device": p.runner.device})
+
+    @api.get("/healthz")
+    async def healthz(self) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def __del__(self) -> None:
+        router = getattr(self, "router", None)
+        if router is not None:
+            router.close()
+
+
+def deployment_options(spec: ServeSpec) -> dict[str, Any]:
+    """Replica count or autoscaling, and per-replica resources (fractional GPUs pack several replicas
+    onto one card)."""
+    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": spec.num_gpus},
+                            "max_ongoing_requests": max(8, spec.batch_max_size * 2)}
+    if spec.max_replicas > max(spec.min_replicas, 1):
+        opts["autoscaling_config"] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
+                                      "target_ongoing_requests": max(2, spec.batch_max_size // 2)}
+    else:
+        opts["num_replicas"] = max(spec.min_replicas, 1)
+    return opts
+
+
+def keel_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("KEEL_", "MLFLOW_"))}
+
+
+def build_app(spec: ServeSpec) -> Any:
+    return KeelDeployment.options(**deployment_options(spec)).bind(spec.to_json(), keel_env())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Entry point for Serve config files (``import_path: keel.serving.ray_runtime:app_builder``)."""
+    spec = ServeSpec(**{k: v for k, v in args.items() if k in ServeSpec.__dataclass_fields__})
+    return KeelDeployment.bind(spec.to_json(), keel_env())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keel-ray")
+    parser.add_argument("--spec", required=True, help="ServeSpec as JSON")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--num-cpus", type=float, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from keel.config import load_settings
+
+    settings = load_settings()
+    spec = ServeSpec.from_json(args.spec)
+    host = args.host or settings.host
+    stop = threading.Event()
+    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address=host,
+             configure_logging=False, log_to_driver=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": spec.port})
+        serve.run(build_app(spec), name=spec.model, route_prefix="/", blocking=False)
+        log.info("ray serve: %s on http://%s:%d", spec.model, host, spec.port)
+        stop.wait()
+        log.info("stopping: draining replicas and flushing prediction logs")
+        serve.delete(spec.model)  # replicas shut down gracefully; their routers flush
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
