@@ -311,6 +311,100 @@ def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
     click.echo(render(rows, fmt, cols) if fmt == "table" else render(rows, fmt))
 
 
+# -- serving -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("model")
+@click.option("--alias", default="champion", show_default=True, help="registry alias, resolved once, now")
+@click.option("--version", "version", default=None, help="a version instead of an alias")
+@click.option("--target", default="local", show_default=True, help="local | kserve | rayserve")
+@click.option("--runtime", type=click.Choice(["kserve", "ray"]), default="kserve", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: 8085 + n")
+@click.option("--canary", default=None, help="ALIAS:PERCENT served side by side, e.g. challenger:10")
+@click.option("--shadow", default=None, help="ALIAS scored and logged, never returned")
+@click.option("--gpu", is_flag=True, help="run the model on a GPU when one is present")
+@click.option("--num-gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs per replica (fractional)")
+@click.option("--sample-rate", type=float, default=1.0, show_default=True, help="prediction-log sampling")
+@click.option("--max-batch", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str,
+           port: int | None, canary: str | None, shadow: str | None, gpu: bool, num_gpus: float,
+           sample_rate: float, max_batch: int) -> None:
+    """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation."""
+    from keel.serving import deploy as d
+    from keel.serving.spec import ServeSpec
+
+    s = _settings(ctx)
+    tgt = d.target(s, target)
+    canary_alias, weight = ServeSpec.parse_canary(canary) if canary else (None, 0.0)
+    if port is None:
+        taken = {sp.port for name, sp in tgt.specs().items() if name != model} if hasattr(tgt, "specs") else set()
+        port = next(p for p in range(8085, 8185) if p not in taken)
+    spec = ServeSpec(model=model, alias=alias, version=version, runtime=runtime, port=port, canary_alias=canary_alias,
+                     canary_weight=weight, shadow_alias=shadow, gpu=gpu or num_gpus > 0, num_gpus=num_gpus,
+                     sample_rate=sample_rate, max_batch=max_batch)
+    out = tgt.deploy(spec)
+    extra = f", canary {canary_alias} {weight:.0%}" if canary_alias else f", shadow {shadow}" if shadow else ""
+    click.echo(f"serving {out.model} v{out.version} ({out.runtime}{extra}) at {out.url}/v1/models/{out.model}:predict")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--target", default="local", show_default=True)
+@click.pass_context
+def undeploy(ctx: click.Context, model: str, target: str) -> None:
+    """Stop serving MODEL (its prediction log is flushed first)."""
+    from keel.serving import deploy as d
+
+    d.target(_settings(ctx), target).undeploy(model)
+    click.echo(f"undeployed {model}")
+
+
+def _entity_value(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise KeelError(f"invalid --entity value '{text}': expected a number") from None
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--entity", "entities", multiple=True, help="KEY=VALUE (repeat), one instance")
+@click.option("--json", "body", default=None, help='instances as JSON: [{"customer_id": 1, ...}, ...]')
+@OUTPUT
+@click.pass_context
+def predict(ctx: click.Context, model: str, entities: tuple[str, ...], body: str | None, fmt: str) -> None:
+    """Score entities with a local deployment of MODEL."""
+    import json
+
+    from keel.serving.deploy import predict_local
+
+    if body:
+        try:
+            instances = json.loads(body)
+        except ValueError as exc:
+            raise KeelError(f"invalid --json: {exc}") from None
+    else:
+        inst: dict[str, int | float] = {}
+        for item in entities:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise KeelError(f"invalid --entity '{item}': expected KEY=VALUE, e.g. customer_id=42")
+            inst[k] = _entity_value(v)
+        if not inst:
+            raise KeelError("give --entity KEY=VALUE (repeatable) or --json")
+        instances = [inst]
+    out = predict_local(_settings(ctx), model, instances)
+    if fmt == "table":
+        rows = [{"prediction": p, "degraded": d, "model": out["model"], "version": out["version"]}
+                for p, d in zip(out["predictions"], out["degraded_rows"], strict=True)]
+        click.echo(render(rows, "table"))
+    else:
+        click.echo(render(out, fmt))
+
+
 @cli.command()
 @click.option("--transactions", default=100_000, show_default=True, type=click.IntRange(min=1000))
 @click.option("--model", default="fraud", show_default=True)

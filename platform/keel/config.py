@@ -116,6 +116,18 @@ class Settings(BaseSettings):
             return f"http://{self._svc('alertmanager', 9093)}"
         return f"http://{self.host}:{self.alertmanager_port}"
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as KEEL_* variables, for child processes (serving, DAG tasks) to load the same."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return out
+
     @property
     def data_dir(self) -> Path:
         return self.home / "data"

@@ -14,10 +14,11 @@ class KeelError(Exception):
 class NotFoundError(KeelError):
     """A named thing (model, alias, feature service, service) does not exist."""
 
-    def __init__(self, kind: str, name: str, choices: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, name: str, choices: Iterable[str] = (), of: str = "") -> None:
         listed = sorted({str(c) for c in choices})
         valid = ", ".join(listed) if listed else "none exist yet"
-        super().__init__(f"unknown {kind} '{name}'; valid choices: {valid}")
+        where = f" of {of}" if of else ""
+        super().__init__(f"unknown {kind} '{name}'{where}; valid choices: {valid}")
         self.kind, self.name, self.choices = kind, name, listed
 
 

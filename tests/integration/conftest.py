@@ -57,3 +57,39 @@ def training_set(feature_data: dict[str, Path], stack_settings: Settings):
     from keel.features import training
 
     return training.build(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))
+
+
+@pytest.fixture(scope="session")
+def served_model(training_set, stack_settings: Settings) -> dict[str, str]:
+    """'fraud_serve': v1 champion, v2 (a different model) challenger."""
+    from keel.registry.client import Registry
+    from keel.train import train_fraud_model
+
+    reg = Registry(stack_settings)
+    first = train_fraud_model(training_set)
+    v1 = reg.register(first.model, "fraud_serve", training_set, first.holdout, first.metrics)
+    reg.promote("fraud_serve")
+    second = train_fraud_model(training_set, n_estimators=40, max_depth=2, seed=1)
+    v2 = reg.register(second.model, "fraud_serve", training_set, second.holdout, second.metrics)
+    return {"name": "fraud_serve", "champion": v1.version, "challenger": v2.version}
+
+
+@pytest.fixture(scope="session")
+def deployer(stack: Stack, stack_settings: Settings) -> Iterator:
+    """Deploy a ServeSpec as a real local serving process; everything deployed is undeployed at the end."""
+    from keel.serving.deploy import LocalTarget
+    from keel.serving.spec import ServeSpec
+
+    target = LocalTarget(stack_settings)
+    deployed: list[str] = []
+
+    def deploy(**kw: object) -> str:
+        spec = ServeSpec(**kw)
+        target.deploy(spec)
+        deployed.append(spec.model)
+        return f"http://127.0.0.1:{spec.port}"
+
+    deploy.target = target  # type: ignore[attr-defined]
+    yield deploy
+    for model in target.specs():
+        target.undeploy(model)

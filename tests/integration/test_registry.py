@@ -124,7 +124,7 @@ def test_unknown_names_list_the_valid_choices(registry: Registry, stack_settings
     registry.register(good.model, "fraud_names", training_set, good.holdout)
     with pytest.raises(NotFoundError, match=r"unknown model 'nosuch'; valid choices: .*fraud_names"):
         registry.show("nosuch")
-    with pytest.raises(NotFoundError, match="unknown alias of model 'fraud_names' 'champion'; valid choices: "
+    with pytest.raises(NotFoundError, match="unknown alias 'champion' of model 'fraud_names'; valid choices: "
                                             "challenger"):
         registry.resolve("fraud_names", "champion")
     for args, needle in [(["promote", "nosuch"], "unknown model 'nosuch'"),

@@ -106,7 +106,7 @@ class Registry:
             mv = self.client.get_model_version(name, str(version))
         except MlflowException:
             versions = [v.version for v in self.client.search_model_versions(f"name='{name}'")]
-            raise NotFoundError(f"version of model '{name}'", str(version), versions) from None
+            raise NotFoundError("version", str(version), versions, of=f"model '{name}'") from None
         aliases = sorted(a for a, v in rm.aliases.items() if str(v) == str(mv.version))
         metrics = {k.removeprefix("keel.metric."): float(v) for k, v in mv.tags.items()
                    if k.startswith("keel.metric.")}
@@ -117,7 +117,7 @@ class Registry:
         """The version an alias points at, with a clear error naming the aliases that exist."""
         rm = self._model(name)
         if alias not in rm.aliases:
-            raise NotFoundError(f"alias of model '{name}'", alias, rm.aliases)
+            raise NotFoundError("alias", alias, rm.aliases, of=f"model '{name}'")
         return self.version(name, str(rm.aliases[alias]))
 
     def _history(self, name: str) -> list[str]:
@@ -209,7 +209,7 @@ class Registry:
         metric_name = self.settings.promotion_metric
         chal = self._by_alias(name, CHALLENGER)
         if chal is None:
-            raise NotFoundError(f"alias of model '{name}'", CHALLENGER, self._model(name).aliases)
+            raise NotFoundError("alias", CHALLENGER, self._model(name).aliases, of=f"model '{name}'")
         champ = self._by_alias(name, CHAMPION)
         holdout_hash = chal.tags.get("keel.holdout_hash", "")
         tol = self.settings.promotion_tolerance
@@ -249,7 +249,7 @@ class Registry:
             raise KeelError("--force needs --reason: say why the gate is being overridden")
         chal = self._by_alias(name, CHALLENGER)
         if chal is None:
-            raise NotFoundError(f"alias of model '{name}'", CHALLENGER, self._model(name).aliases)
+            raise NotFoundError("alias", CHALLENGER, self._model(name).aliases, of=f"model '{name}'")
         champ = self._by_alias(name, CHAMPION)
         if champ is not None and champ.version == chal.version:
             raise KeelError(f"model '{name}' version {chal.version} is already the champion")

@@ -121,7 +121,9 @@ def build_services(s: Settings) -> dict[str, Service]:
             f"redis://{h}:{s.redis_port}",
             [
                 "redis-server", "--bind", h, "--port", str(s.redis_port),
-                "--dir", str(home / "redis"), "--save", "", "--appendonly", "no",
+                # an RDB snapshot on shutdown (and every minute when written to): materialized
+                # features survive `keel down` / `keel up`
+                "--dir", str(home / "redis"), "--save", "60 1", "--appendonly", "no",
                 "--protected-mode", "yes", "--daemonize", "no",
             ],
             "redis",
@@ -161,6 +163,25 @@ def build_services(s: Settings) -> dict[str, Service]:
         ),
     ]
     return {svc.name: svc for svc in services}
+
+
+DEPLOYMENT_PREFIX = "serve-"
+
+
+def deployment_services(s: Settings) -> dict[str, Service]:
+    """Local model deployments (`keel deploy --target local`), one process each, from their saved specs."""
+    from keel.serving.spec import ServeSpec
+
+    out: dict[str, Service] = {}
+    for path in sorted((s.home / "deployments").glob("*.json")):
+        spec = ServeSpec.from_json(path.read_text())
+        module = f"keel.serving.{spec.runtime}_runtime"
+        health = "http:/v2/health/ready" if spec.runtime == "kserve" else "http:/healthz"
+        name = DEPLOYMENT_PREFIX + spec.model
+        out[name] = Service(name, spec.port, f"http://{s.host}:{spec.port}",
+                            [sys.executable, "-m", module, "--spec", spec.to_json(), "--host", s.host], health,
+                            env={"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", **s.as_env()})
+    return out
 
 
 SERVICE_NAMES = ("mlflow", "redis", "prometheus", "pushgateway", "alertmanager")

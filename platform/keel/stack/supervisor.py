@@ -18,7 +18,7 @@ from pathlib import Path
 from keel.config import Settings
 from keel.errors import KeelError, NotFoundError
 from keel.stack.health import http_ok, port_in_use, redis_ok, wait_until
-from keel.stack.services import Service, build_services, resolve_binary
+from keel.stack.services import Service, build_services, deployment_services, resolve_binary
 
 
 @dataclass
@@ -64,7 +64,8 @@ class Stack:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.services: dict[str, Service] = build_services(settings)
+        self.base: dict[str, Service] = build_services(settings)
+        self.services: dict[str, Service] = {**self.base, **deployment_services(settings)}
         self.run_dir = settings.home / "run"
         self.log_dir = settings.home / "logs"
 
@@ -99,10 +100,18 @@ class Stack:
 
     # -- verbs --------------------------------------------------------------------------------
     def up(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        """Start what is not running and wait until healthy: platform services first, then model
+        deployments (which need MLflow and Redis to load)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        chosen = self._select(names)
+        for phase in ([s for s in chosen if s.name in self.base], [s for s in chosen if s.name not in self.base]):
+            self._up_phase(phase)
+        return self.status(names)
+
+    def _up_phase(self, services: list[Service]) -> None:
         started: list[tuple[Service, subprocess.Popen]] = []
-        for svc in self._select(names):
+        for svc in services:
             rec = self._record(svc.name)
             if rec and rec["alive"]:
                 if wait_until(lambda s=svc: self._healthy(s), self.settings.start_timeout):
@@ -110,18 +119,17 @@ class Stack:
                 raise KeelError(f"{svc.name} (pid {rec['pid']}) is running but not healthy; "
                                 f"see `keel logs {svc.name}`")
             if port_in_use(self.settings.host, svc.port):
-                var = f"KEEL_{svc.name.upper()}_PORT"
+                var = f"KEEL_{svc.name.upper()}_PORT" if svc.name in self.base else "--port"
                 raise KeelError(f"port {svc.port} for {svc.name} is already in use by another program; "
                                 f"stop it or choose another port with {var}")
             started.append((svc, self._spawn(svc)))
-        try:  # spawned together, awaited one by one: `up` costs the slowest start, not the sum
+        try:  # spawned together, awaited one by one: a phase costs its slowest start, not the sum
             for svc, proc in started:
                 self._await(svc, proc)
         except KeelError:
             for svc, _ in started:  # all or nothing for what this call started
                 self._stop_one(svc.name)
             raise
-        return self.status(names)
 
     def _spawn(self, svc: Service) -> subprocess.Popen:
         if svc.prepare:
@@ -175,6 +183,10 @@ class Stack:
             if self._stop_one(svc.name):
                 stopped.append(svc.name)
         return stopped
+
+    def stop(self, name: str) -> bool:
+        """Stop one service (a deployment being replaced or removed)."""
+        return self._stop_one(name)
 
     def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
         out = []
