@@ -60,7 +60,22 @@ def open_store(settings: Settings, serving: bool = False) -> FeatureStore:
     if serving and cfg.online_store.type == "redis":
         t = settings.feature_timeout_ms / 1000.0
         cfg.online_store.connection_string += f",socket_timeout={t},socket_connect_timeout={t}"
-    return FeatureStore(config=cfg)
+    fs = FeatureStore(config=cfg)
+    if serving and cfg.online_store.type == "redis":
+        _no_redis_retries(fs)
+    return fs
+
+
+def _no_redis_retries(fs: FeatureStore) -> None:
+    """redis-py retries a failed connection 3 times with exponential backoff (seconds per request while
+    Redis is down). Serving has its own policy (timeout, circuit breaker, defaults), so fail at once."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online = fs._get_provider().online_store
+    client = online._get_client(fs.config.online_store)
+    if hasattr(client, "set_retry"):
+        client.set_retry(Retry(NoBackoff(), 0))
 
 
 def check_online_store(settings: Settings) -> None:

@@ -132,6 +132,14 @@ class Predictor:
         log.info("serving %s v%s (alias %s) on %s", name, v.version, alias, device)
         return cls(name, v.version, runner, online, features, max_batch, predlog, alias if not version else None)
 
+    def warmup(self, rounds: int = 3) -> None:
+        """Exercise the whole path (Redis connection, Feast registry, on-demand transforms, the model)
+        before the server reports ready, so the first real requests do not pay for it or time out."""
+        row = {**dict.fromkeys(self.online.entity_keys, 0), **dict.fromkeys(self.online.request_fields, 0.0)}
+        for _ in range(rounds):
+            lookup = self.online.fetch([row])
+            self.runner.scores(lookup.frame[self.features])
+
     # -- input ----------------------------------------------------------------------------------
     @property
     def input_fields(self) -> list[str]:

@@ -75,4 +75,7 @@ class ServeSpec:
         other = self.canary_alias or self.shadow_alias
         secondary = Predictor.from_registry(settings, self.model, other, **common) if other else None
         mode = "canary" if self.canary_alias else "shadow" if self.shadow_alias else None
+        for p in (primary, secondary):
+            if p is not None:
+                p.warmup()
         return Router(primary, secondary, mode, self.canary_weight, seed)
