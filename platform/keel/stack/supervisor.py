@@ -45,6 +45,13 @@ def _proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _group_members(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
@@ -159,21 +166,27 @@ class Stack:
                 f"not healthy after {self.settings.start_timeout:.0f}s"
             raise KeelError(f"{svc.name} failed to start ({why}); last log lines: {tail}")
 
-    def _stop_one(self, name: str, timeout: float = 20.0) -> bool:
+    def _stop_one(self, name: str, timeout: float = 30.0) -> bool:
+        """SIGTERM the leader and give it time to stop its own children (Ray drains replicas, uvicorn
+        drains requests, logs flush); then sweep what is left of its process group, TERM then KILL."""
         rec = self._record(name)
         if rec is None:
             return False
-        pgid = rec["pgid"]
-        if rec["alive"] or _group_members(pgid):
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                if wait_until(lambda: not _group_members(pgid), wait, interval=0.1):
-                    break
-            with contextlib.suppress(ChildProcessError):  # reap if it is our child (tests)
-                os.waitpid(rec["pid"], os.WNOHANG)
+        pid, pgid = rec["pid"], rec["pgid"]
+        if rec["alive"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: _proc_start_time(pid) in (None, "") or _is_zombie(pid), timeout, interval=0.1)
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            if not _group_members(pgid):
+                break
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            wait_until(lambda: not _group_members(pgid), wait, interval=0.1)
+        with contextlib.suppress(ChildProcessError):  # reap if it is our child (tests)
+            os.waitpid(pid, os.WNOHANG)
         self._pidfile(name).unlink(missing_ok=True)
         return True
 

@@ -1,0 +1,101 @@
+"""The Ray Serve runtime as a real Ray cluster on loopback: same answers as the core, adaptive batching."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from keel.config import Settings
+from keel.serving.core import Predictor
+from keel.serving.predlog import read
+from tests.conftest import ROOT, free_ports
+
+MODEL = "fraud_serve"
+
+
+@pytest.fixture(scope="module")
+def ray_url(deployer, served_model: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    log_dir = tmp_path_factory.mktemp("predlog-ray")
+    return deployer(model=MODEL, runtime="ray", port=free_ports(1)[0], predlog_uri=str(log_dir),
+                    batch_max_size=16, batch_wait_s=0.05)
+
+
+def test_ray_answers_like_the_core(ray_url: str, stack_settings: Settings, served_model: dict[str, str]) -> None:
+    instances = [{"customer_id": c, "merchant_id": c % 60, "amount": 12.5 * c} for c in range(1, 9)]
+    r = httpx.post(f"{ray_url}/v1/models/{MODEL}:predict", json={"instances": instances}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == served_model["champion"] and body["degraded"] is False
+    core = Predictor.from_registry(stack_settings, MODEL).predict(instances)
+    assert body["predictions"] == pytest.approx(core.scores, abs=1e-9)
+    ready = httpx.get(f"{ray_url}/v1/models/{MODEL}").json()
+    assert ready == {"name": MODEL, "ready": True, "version": served_model["champion"], "alias": "champion",
+                     "device": "cpu"}
+
+
+def test_concurrent_requests_are_batched(ray_url: str) -> None:
+    def one(i: int) -> httpx.Response:
+        return httpx.post(f"{ray_url}/v1/models/{MODEL}:predict",
+                          json={"instances": [{"customer_id": i, "merchant_id": i % 60, "amount": 30.0}]}, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, range(96)))
+    assert {r.status_code for r in responses} == {200}
+    text = httpx.get(f"{ray_url}/metrics").text
+    count = float(re.search(rf'keel_batch_size_count{{model="{MODEL}",version="\d+"}} (\S+)', text).group(1))
+    total = float(re.search(rf'keel_batch_size_sum{{model="{MODEL}",version="\d+"}} (\S+)', text).group(1))
+    assert total / count > 1.5, f"mean batch {total / count:.2f}: concurrent requests should share model calls"
+
+
+def test_bad_input_is_a_4xx_naming_the_field(ray_url: str) -> None:
+    cases = [("{oops", 400, "body"), (json.dumps({"instances": [{"customer_id": 1.5, "merchant_id": 1,
+                                                                 "amount": 1}]}), 400, "instances[0].customer_id"),
+             (json.dumps({"nope": 1}), 400, "instances")]
+    for content, status, field in cases:
+        r = httpx.post(f"{ray_url}/v1/models/{MODEL}:predict", content=content, timeout=30)
+        assert r.status_code == status and r.json()["field"] == field, r.text
+    assert httpx.post(f"{ray_url}/v1/models/other:predict", json={"instances": []}).status_code == 404
+
+
+def test_graceful_stop_flushes_the_prediction_log(ray_url: str, deployer, stack_settings: Settings) -> None:
+    spec = deployer.target.specs()[MODEL]
+    before = len(read(spec.predlog_uri, MODEL))
+    for i in range(25):
+        assert httpx.post(f"{ray_url}/v1/models/{MODEL}:predict",
+                          json={"instances": [{"customer_id": i, "merchant_id": 1, "amount": 1.0}]}).status_code == 200
+    deployer.target.undeploy(MODEL)
+    assert before == 0  # nothing written before the stop (flush threshold not reached)...
+    log = read(spec.predlog_uri, MODEL)
+    assert len(log) == 8 + 96 + 25  # ...and every answered instance after it
+
+
+@pytest.mark.parametrize("name", ["ray_serve_config.yaml", "ray_serve_config.gpu.yaml"])
+def test_serve_config_files_are_valid(name: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from keel.serving.ray_runtime import app_builder
+
+    cfg = yaml.safe_load((ROOT / "serving" / name).read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    app = schema.applications[0]
+    assert app.import_path == "keel.serving.ray_runtime:app_builder"
+    assert app_builder(app.args) is not None  # the builder accepts exactly these args
+    actor = cfg["applications"][0]["deployments"][0]["ray_actor_options"]
+    assert actor.get("num_gpus", 0) == app.args.get("num_gpus", 0)
+
+
+def test_deployment_options_carry_fractional_gpus_and_autoscaling(tmp_path: Path) -> None:
+    from keel.serving.ray_runtime import deployment_options
+    from keel.serving.spec import ServeSpec
+
+    opts = deployment_options(ServeSpec(model="m", runtime="ray", num_gpus=0.25, gpu=True, min_replicas=0,
+                                        max_replicas=4))
+    assert opts["ray_actor_options"]["num_gpus"] == 0.25
+    assert opts["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 16}
+    assert deployment_options(ServeSpec(model="m", runtime="ray"))["num_replicas"] == 1
