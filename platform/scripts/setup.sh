@@ -30,15 +30,19 @@ uv_bin() {
   echo "$boot/bin/uv"
 }
 
-setup_venv() {  # name dir lockfile [editable-project]
-  local name=$1 dir=$2 lock=$3 editable=${4:-}
-  local want; want=$(hash_of "$lock" pyproject.toml)
+setup_venv() {  # name dir lockfile [editable-project] [extra pip lockfile]
+  local name=$1 dir=$2 lock=$3 editable=${4:-} piplock=${5:-}
+  local want; want=$(hash_of "$lock" pyproject.toml ${piplock:+"$piplock"})
   if stamp_ok "$name" "$want" && [ -x "$dir/bin/python" ]; then return; fi
   local uv; uv=$(uv_bin)
   log "building $name venv in $dir from $lock"
   [ -x "$dir/bin/python" ] || "$uv" venv -q --python "$PY" "$dir"
   "$uv" pip sync -q --python "$dir/bin/python" "$lock"
   if [ -n "$editable" ]; then "$uv" pip install -q --python "$dir/bin/python" --no-deps -e "$editable"; fi
+  if [ -n "$piplock" ]; then  # after the sync, which would remove what uv did not install
+    "$ROOT/.keel/bootstrap/bin/pip" --python "$dir/bin/python" install -q --disable-pip-version-check \
+      --no-deps -r "$piplock"
+  fi
   stamp_set "$name" "$want"
 }
 
@@ -79,12 +83,12 @@ setup_tools() {  # helm + kubectl into .keel/bin when not on PATH
 what=${1:-all}
 case "$what" in
   system) setup_system ;;
-  core) setup_venv core .venv platform/locks/core.txt . ;;
+  core) setup_venv core .venv platform/locks/core.txt . platform/locks/torch.txt ;;
   airflow) setup_venv airflow .venv-airflow platform/locks/airflow.txt ;;
   tools) uv_bin >/dev/null; setup_tools ;;
   all)
     setup_system
-    setup_venv core .venv platform/locks/core.txt .
+    setup_venv core .venv platform/locks/core.txt . platform/locks/torch.txt
     setup_venv airflow .venv-airflow platform/locks/airflow.txt
     uv_bin >/dev/null; setup_tools ;;
   *) echo "setup: unknown step '$what'; expected one of: core, airflow, tools, system, all" >&2; exit 2 ;;

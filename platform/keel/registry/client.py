@@ -159,8 +159,7 @@ class Registry:
         holdout_hash = _holdout_hash(holdout[[*feats, label]])
         X = training_set.frame[feats]
         sample = X.head(5)
-        predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
-        signature = infer_signature(sample, getattr(model, predict_fn)(sample))
+        signature = infer_signature(sample.astype("float64"), m.scores(model, sample))
         tags = {**lineage.lineage_tags(training_set), "keel.holdout_hash": holdout_hash,
                 flavors.FLAVOR_TAG: flavors.flavor_of(model),
                 "keel.promotion_metric": metric_name, f"keel.metric.{metric_name}": repr(score)}
@@ -179,7 +178,7 @@ class Registry:
                 holdout[[*feats, label]].to_parquet(Path(tmp) / HOLDOUT_ARTIFACT, index=False)
                 mlflow.log_artifact(str(Path(tmp) / STATS_ARTIFACT))
                 mlflow.log_artifact(str(Path(tmp) / HOLDOUT_ARTIFACT))
-            info = flavors.log_model(model, name, signature, sample)
+            info = flavors.log_model(model, name, signature, sample.astype("float64"))
         version = str(info.registered_model_version)
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)

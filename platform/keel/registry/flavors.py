@@ -16,7 +16,13 @@ def flavor_of(model: Any) -> str:
     mod = type(model).__module__
     if mod.startswith("xgboost"):
         return "xgboost"
+    if _is_torch(model):
+        return "pytorch"
     return "sklearn"
+
+
+def _is_torch(model: Any) -> bool:
+    return any(c.__module__.startswith("torch.nn") for c in type(model).__mro__)
 
 
 def requirements(flavor: str) -> list[str]:
@@ -25,8 +31,8 @@ def requirements(flavor: str) -> list[str]:
     from importlib.metadata import version
 
     pkgs = ["mlflow", "scikit-learn", "numpy", "pandas", "cloudpickle"]
-    if flavor == "xgboost":
-        pkgs.append("xgboost")
+    if flavor in ("xgboost", "pytorch"):
+        pkgs.append("xgboost" if flavor == "xgboost" else "torch")
     return [f"{p}=={version(p)}" for p in pkgs]
 
 
@@ -38,6 +44,16 @@ def log_model(model: Any, registered_name: str, signature: Any, input_example: A
         import mlflow.xgboost
 
         return mlflow.xgboost.log_model(model, model_format="ubj", **common)
+    if flavor == "pytorch":
+        import mlflow.pytorch
+        import numpy as np
+
+        # pt2: a traced graph, not a pickle, so loading needs none of the training code; tracing needs
+        # a numeric example (nulls as 0, as at scoring time)
+        common["input_example"] = np.nan_to_num(np.asarray(input_example, dtype="float32"))
+        common["signature"] = None
+        model.cpu()
+        return mlflow.pytorch.log_model(model, serialization_format="pt2", **common)
     import mlflow.sklearn
 
     predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
@@ -46,7 +62,13 @@ def log_model(model: Any, registered_name: str, signature: Any, input_example: A
 
 
 def load_model(uri: str, flavor: str) -> Any:
-    """The native model object (with predict_proba where it has one)."""
+    """The native model object (with predict_proba where it has one; a torch module for pytorch)."""
+    if flavor == "pytorch":
+        import mlflow.pytorch
+
+        loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
+        # a pt2 model loads as an ExportedProgram; its .module() is the callable nn.Module
+        return loaded.module() if hasattr(loaded, "graph_signature") and hasattr(loaded, "module") else loaded
     if flavor == "xgboost":
         import mlflow.xgboost
 

@@ -48,7 +48,15 @@ def not_worse(name: str, challenger: float, champion: float, tolerance: float) -
 
 
 def scores(model: object, X: object) -> np.ndarray:
-    """Positive-class probability when the model has one, else its prediction."""
+    """Positive-class probability when the model has one, else its prediction. A torch module is
+    called on the float32 matrix (nulls as 0) on the device its parameters live on."""
+    if not hasattr(model, "predict") and callable(model) and hasattr(model, "parameters"):
+        import torch
+
+        device = next(iter(model.parameters()), torch.empty(0)).device  # type: ignore[attr-defined]
+        matrix = np.nan_to_num(np.asarray(X, dtype="float32"))
+        with torch.no_grad():
+            return model(torch.as_tensor(matrix, device=device)).float().cpu().numpy().reshape(-1)
     if hasattr(model, "predict_proba"):
         proba = np.asarray(model.predict_proba(X))
         return proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba

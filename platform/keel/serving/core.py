@@ -7,6 +7,7 @@ registry changes serving only through a deliberate redeploy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -80,16 +81,10 @@ class ModelRunner:
             model.set_params(device="cuda")
         elif flavor == "pytorch":
             model.to(device)
-            model.eval()
+            with contextlib.suppress(NotImplementedError):  # exported (pt2) graphs are inference-only already
+                model.eval()
 
     def scores(self, X: Any) -> np.ndarray:
-        if self.flavor == "pytorch":
-            import torch
-
-            with torch.no_grad():
-                t = torch.as_tensor(np.nan_to_num(X.to_numpy(dtype="float32")), device=self.device)
-                out = self.model(t).float().cpu().numpy()
-            return out.reshape(-1)
         from keel.registry.metrics import scores
 
         return scores(self.model, X)
