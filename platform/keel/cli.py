@@ -169,15 +169,16 @@ def features_apply(ctx: click.Context) -> None:
 @features.command("materialize")
 @click.option("--end", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]), help="default: now")
 @click.option("--view", "views", multiple=True, help="only these feature views")
+@click.option("--full", is_flag=True, help="reload each view's whole TTL window, not just what is new")
 @click.pass_context
-def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[str, ...]) -> None:
+def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[str, ...], full: bool) -> None:
     """Incrementally load the online store (Redis) up to END, with progress."""
 
     from keel.features import store
 
     if end and end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
-    done = store.materialize(_settings(ctx), end, list(views) or None)
+    done = store.materialize(_settings(ctx), end, list(views) or None, full=full)
     click.echo(f"materialized up to {done.isoformat()}")
 
 
@@ -318,7 +319,7 @@ def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
 @click.option("--version", "version", default=None, help="a version instead of an alias")
 @click.option("--target", default="local", show_default=True, help="local | kserve | rayserve")
 @click.option("--runtime", type=click.Choice(["kserve", "ray"]), default="kserve", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: 8085 + n")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: KEEL_SERVING_PORT + n")
 @click.option("--canary", default=None, help="ALIAS:PERCENT served side by side, e.g. challenger:10")
 @click.option("--shadow", default=None, help="ALIAS scored and logged, never returned")
 @click.option("--gpu", is_flag=True, help="run the model on a GPU when one is present")
@@ -338,7 +339,7 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
     canary_alias, weight = ServeSpec.parse_canary(canary) if canary else (None, 0.0)
     if port is None:
         taken = {sp.port for name, sp in tgt.specs().items() if name != model} if hasattr(tgt, "specs") else set()
-        port = next(p for p in range(8085, 8185) if p not in taken)
+        port = next(p for p in range(s.serving_port, s.serving_port + 100) if p not in taken)
     spec = ServeSpec(model=model, alias=alias, version=version, runtime=runtime, port=port, canary_alias=canary_alias,
                      canary_weight=weight, shadow_alias=shadow, gpu=gpu or num_gpus > 0, num_gpus=num_gpus,
                      sample_rate=sample_rate, max_batch=max_batch)
@@ -436,5 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry. Exits without interpreter finalisation (after flushing output): DuckDB's
+    bindings print a page of reference-leak noise at finalisation, and a CLI run has nothing left to
+    clean up by then."""
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port")
     pushgateway_port: int = Field(9091, ge=1, le=65535, description="Prometheus Pushgateway port")
     alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager port")
+    serving_port: int = Field(8085, ge=1, le=65535, description="first port for local model deployments")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
     redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
     redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")

@@ -19,6 +19,8 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     from keel.features import store, training
     from keel.features.datagen import GenSpec, generate, write
     from keel.registry.client import Registry
+    from keel.serving.deploy import LocalTarget, predict_local
+    from keel.serving.spec import ServeSpec
     from keel.stack import Stack
     from keel.train import train_fraud_model
 
@@ -34,8 +36,8 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     paths = write(generate(spec), settings.data_dir)
     step("applying the Feast feature repo")
     store.apply(settings)
-    step("materializing features into Redis (incremental)")
-    store.materialize(settings)
+    step("materializing features into Redis (each view's TTL window: the data was just regenerated)")
+    store.materialize(settings, full=True)
     step(f"building a point-in-time training set from feature service '{feature_service}'")
     ts = training.build(settings, feature_service, paths["transactions"])
     step(f"training on {len(ts.frame):,} rows x {len(ts.features)} features (time split)")
@@ -54,12 +56,15 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     step(verdict)
 
     champion = registry.resolve(model, "champion")
-    fs = store.open_store(settings)
-    sample = ts.frame.iloc[-1]
-    online = fs.get_online_features(
-        features=store.feature_service(fs, feature_service),
-        entity_rows=[{k: int(sample[k]) for k in ts.entity_keys} | {"amount": float(sample["amount"])}],
-    ).to_dict()
+    target = LocalTarget(settings)
+    existing = target.specs().get(model)
+    port = existing.port if existing else settings.serving_port
+    step(f"serving champion v{champion.version} with KServe on port {port} (features looked up from Redis)")
+    deployed = target.deploy(ServeSpec(model=model, alias="champion", runtime="kserve", port=port))
+    recent = ts.frame.sort_values("event_timestamp").tail(5)
+    instances = [{k: int(r[k]) for k in ts.entity_keys} | {"amount": float(r["amount"])} for _, r in recent.iterrows()]
+    served = predict_local(settings, model, instances)
+    sample = recent.iloc[-1]
     lines = [
         "",
         "keel demo: done",
@@ -75,12 +80,19 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
         lines.append(f"    {key:<24} {champion.tags.get('keel.' + key, '-')}")
     lines += [
         f"  training set     {ts.snapshot}",
-        f"  online features  customer {int(sample['customer_id'])}: amount_mean_24h="
-        f"{online['amount_mean_24h'][0]}, merchant_fraud_rate_30d={online['merchant_fraud_rate_30d'][0]:.4f}",
+        f"  serving          {deployed.url}/v1/models/{model}:predict (v{served['version']}, {deployed.runtime})",
+        "  predictions",
+    ]
+    for inst, score, degraded in zip(instances, served["predictions"], served["degraded_rows"], strict=True):
+        lines.append(f"    customer {inst['customer_id']:>6} merchant {inst['merchant_id']:>4} amount "
+                     f"{inst['amount']:>9.2f} -> fraud probability {score:.4f}" + ("  (degraded)" if degraded else ""))
+    lines += [
+        f"  try it           .venv/bin/keel predict {model} --entity customer_id={int(sample['customer_id'])} "
+        f"--entity merchant_id={int(sample['merchant_id'])} --entity amount=250",
         f"  audit            {len(registry.audit.records(model))} records (`keel audit {model}`)",
         "  stop the stack   .venv/bin/keel down",
         f"  took             {time.monotonic() - t0:.1f}s",
     ]
     for line in lines:
         echo(line)
-    return {"model": model, "version": champion.version, "gate": gate}
+    return {"model": model, "version": champion.version, "gate": gate, "predictions": served}

@@ -23,11 +23,14 @@ def test_demo_end_to_end_then_down(tmp_settings: Settings) -> None:
         assert [(m["name"], m["champion"]) for m in models] == [("fraud", "1")]
         audit = json.loads(run_keel(["audit", "-o", "json"], tmp_settings).stdout)
         assert [a["action"] for a in audit] == ["register", "promote"]
+        assert "-> fraud probability" in out and "serving          http://127.0.0.1:" in out
         status = json.loads(run_keel(["status", "-o", "json"], tmp_settings).stdout)
-        assert {s["state"] for s in status} == {"healthy"}
+        assert {s["service"]: s["state"] for s in status} == {
+            "mlflow": "healthy", "redis": "healthy", "prometheus": "healthy", "pushgateway": "healthy",
+            "alertmanager": "healthy", "serve-fraud": "healthy"}
     finally:
         pgids = [json.loads(p.read_text())["pgid"] for p in (tmp_settings.home / "run").glob("*.json")]
         down = run_keel(["down"], tmp_settings)
     assert down.returncode == 0
-    assert len(pgids) == 5
+    assert len(pgids) == 6
     assert [p for g in pgids for p in _group_members(g)] == []

@@ -140,11 +140,14 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
         raise
 
 
-def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None) -> datetime:
+def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None,
+                full: bool = False) -> datetime:
     """Incremental materialization up to ``end`` (default now): each view resumes where it stopped.
 
     Unlike Feast's ``materialize_incremental``, a view's first run starts one TTL before ``end``
     rather than one TTL before the wall clock, so backfilling a past window loads what it should.
+    ``full`` reloads each view's whole TTL window (after the offline data was rewritten, or the
+    online store lost its data).
     """
     check_online_store(settings)
     fs = open_store(settings)
@@ -159,7 +162,7 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
         fv = registered[name]
         if not fv.online:
             continue
-        start = fv.most_recent_end_time
+        start = None if full else fv.most_recent_end_time
         if start is None:
             start = end - (fv.ttl if fv.ttl else timedelta(days=3650))
         if start.tzinfo is None:
