@@ -7,12 +7,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup demo test lint clean down lock help
+.PHONY: setup demo test lint clean down lock bench help
 
 help:
 	@echo "make demo   - set up, start the local stack and run the platform's main job"
 	@echo "make test   - set up and run lint + all tests (real services on loopback)"
 	@echo "make setup  - install venvs, system services, helm/kubectl (idempotent)"
+	@echo "make bench  - benchmarks (not part of test); results in bench/results/"
 	@echo "make lint   - ruff"
 	@echo "make down   - stop the local stack"
 	@echo "make clean  - stop the stack and remove venvs and state"
@@ -27,6 +28,9 @@ demo: setup
 test: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/python -m pytest
+
+bench: setup
+	@$(VENV)/bin/python bench/serving.py
 
 lint: setup
 	@$(VENV)/bin/ruff check .

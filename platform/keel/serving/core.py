@@ -77,8 +77,12 @@ class ModelRunner:
 
     def __init__(self, model: Any, flavor: str, device: str) -> None:
         self.model, self.flavor, self.device = model, flavor, device
-        if flavor == "xgboost" and device == "cuda":
-            model.set_params(device="cuda")
+        if flavor == "xgboost":
+            # one thread per process: requests are small, and OpenMP threads spinning against the
+            # server's own threads cost more than they give; replicas are the unit of parallelism
+            model.set_params(n_jobs=1)
+            if device == "cuda":
+                model.set_params(device="cuda")
         elif flavor == "pytorch":
             model.to(device)
             with contextlib.suppress(NotImplementedError):  # exported (pt2) graphs are inference-only already
