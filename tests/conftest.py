@@ -51,6 +51,13 @@ def run_keel(args: list[str], settings: Settings, timeout: float = 300, **extra_
                           timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_keel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read a developer's own KEEL_* variables."""
+    for k in [k for k in os.environ if k.startswith("KEEL_")]:
+        monkeypatch.delenv(k)
+
+
 @pytest.fixture
 def tmp_settings(tmp_path: Path) -> Settings:
     return isolated_settings(tmp_path / "keel")
