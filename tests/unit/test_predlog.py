@@ -39,6 +39,41 @@ def test_flushes_by_itself_when_the_threshold_is_reached(tmp_path: Path) -> None
     assert log.written == 4 and len(log) == 0
 
 
+def test_flushes_on_a_timer_and_on_close(tmp_path: Path) -> None:
+    import time
+
+    log = PredictionLog(str(tmp_path), flush_interval_s=0.2)
+    log.add([_rec(1)])
+    deadline = time.monotonic() + 10
+    while log.written == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.written == 1 and len(read(str(tmp_path))) == 1
+    log.add([_rec(2)])
+    assert log.close() == 1 and len(read(str(tmp_path))) == 2
+
+
+def test_a_failed_write_keeps_the_unwritten_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keel.serving.predlog as pl
+
+    real = pl._write
+    calls = {"n": 0}
+
+    def flaky(df, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        real(df, path)
+
+    monkeypatch.setattr(pl, "_write", flaky)
+    log = PredictionLog(str(tmp_path))
+    log.add([_rec(1, "a"), _rec(2, "b"), _rec(3, "c")])
+    with pytest.raises(OSError):
+        log.flush()
+    assert len(log) == 2  # model a was written; b and c are kept
+    assert log.flush() == 2
+    assert sorted(read(str(tmp_path))["request_id"]) == ["r1", "r2", "r3"]
+
+
 def test_sampling_rate(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path), sample_rate=0.25, seed=1)
     share = sum(log.sampled() for _ in range(20_000)) / 20_000

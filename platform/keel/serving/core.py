@@ -210,6 +210,7 @@ class Predictor:
             recs.append({"request_id": result.request_id, "model": self.name, "version": self.version,
                          "role": result.role, "timestamp": ts, **row, **feats[i],
                          "prediction": result.scores[i], "degraded": result.degraded[i]})
+        before = self.predlog.dropped
         self.predlog.add(recs)
-        if self.predlog.dropped:
-            M.LOG_DROPPED.labels(self.name).inc(0)
+        if self.predlog.dropped > before:
+            M.LOG_DROPPED.labels(self.name).inc(self.predlog.dropped - before)

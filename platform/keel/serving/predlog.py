@@ -19,7 +19,7 @@ import pandas as pd
 
 class PredictionLog:
     def __init__(self, uri: str, sample_rate: float = 1.0, max_buffer: int = 100_000, flush_every: int = 5_000,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, flush_interval_s: float = 0.0) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate}: expected a fraction between 0 and 1")
         self.uri = uri.rstrip("/")
@@ -32,6 +32,28 @@ class PredictionLog:
         self._rng = random.Random(seed)
         self.dropped = 0
         self.written = 0
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        if flush_interval_s > 0:
+            self._timer = threading.Thread(target=self._flush_periodically, args=(flush_interval_s,),
+                                           name="keel-predlog", daemon=True)
+            self._timer.start()
+
+    def _flush_periodically(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.flush()
+            except Exception as exc:  # a full disk must not kill serving; records stay buffered (bounded)
+                import logging
+
+                logging.getLogger("keel.serving").warning("prediction log flush failed: %s", exc)
+
+    def close(self) -> int:
+        """Stop the timer and write what is buffered."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=30)
+        return self.flush()
 
     def sampled(self) -> bool:
         return self.sample_rate >= 1.0 or self._rng.random() < self.sample_rate
@@ -51,7 +73,8 @@ class PredictionLog:
         return len(self._buf)
 
     def flush(self) -> int:
-        """Write everything buffered; returns the number of records written."""
+        """Write everything buffered; returns the number of records written. If writing fails, the
+        records go back to the front of the buffer (still bounded) and the error is raised."""
         with self._flush_lock:
             with self._lock:
                 batch = list(self._buf)
@@ -60,9 +83,21 @@ class PredictionLog:
                 return 0
             df = pd.DataFrame.from_records(batch)
             df["date"] = pd.to_datetime(df["timestamp"], utc=True).dt.strftime("%Y-%m-%d")
-            for (model, date), part in df.groupby(["model", "date"], sort=False):
-                path = f"{self.uri}/model={model}/date={date}/part-{uuid.uuid4().hex}.parquet"
-                _write(part.drop(columns=["model", "date"]), path)
+            done: set[tuple[str, str]] = set()
+            try:
+                for (model, date), part in df.groupby(["model", "date"], sort=False):
+                    path = f"{self.uri}/model={model}/date={date}/part-{uuid.uuid4().hex}.parquet"
+                    _write(part.drop(columns=["model", "date"]), path)
+                    done.add((model, date))
+            except Exception:
+                dates = df["date"].tolist()
+                batch = [r for r, d in zip(batch, dates, strict=True) if (r["model"], d) not in done]
+                with self._lock:
+                    room = max(0, self.max_buffer - len(self._buf))
+                    keep = batch[-room:] if room else []
+                    self.dropped += len(batch) - len(keep)
+                    self._buf.extendleft(reversed(keep))
+                raise
             self.written += len(batch)
             return len(batch)
 

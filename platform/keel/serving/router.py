@@ -138,4 +138,4 @@ class Router:
             self._shadow.shutdown(wait=True)
         for p in self.predictors:
             if p.predlog is not None:
-                p.predlog.flush()
+                p.predlog.close()

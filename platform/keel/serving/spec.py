@@ -69,7 +69,7 @@ class ServeSpec:
         from keel.serving.router import Router
 
         uri = self.predlog_uri or str(settings.home / "predictions")
-        log = PredictionLog(uri, self.sample_rate)
+        log = PredictionLog(uri, self.sample_rate, flush_interval_s=10.0)
         common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s}
         primary = Predictor.from_registry(settings, self.model, self.alias, self.version, **common)
         other = self.canary_alias or self.shadow_alias
