@@ -1,0 +1,136 @@
+"""The Helm chart, rendered with real helm and checked against real Kubernetes and CRD schemas."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+CHART = ROOT / "charts" / "keel"
+CRDS = ROOT.parent / "shared" / "crds"
+HELM = shutil.which("helm") or str(ROOT / ".keel" / "bin" / "helm")
+K8S_VERSIONS = ("1.32.0", "1.33.0", "1.34.0")
+ONE_MODEL = ["--set", "models[0].name=fraud", "--set", "models[0].minReplicas=0", "--set", "models[0].maxReplicas=3"]
+
+
+def helm(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {"HELM_CACHE_HOME": str(tmp / "c"), "HELM_CONFIG_HOME": str(tmp / "g"), "HELM_DATA_HOME": str(tmp / "d"),
+           "PATH": "/usr/bin:/bin"}
+    return subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def render(tmp: Path, *args: str) -> list[dict[str, Any]]:
+    proc = helm("template", "keel", str(CHART), "--namespace", "ml", *args, tmp=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_lint_strict(tmp_path: Path) -> None:
+    proc = helm("lint", "--strict", str(CHART), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_native_objects_validate_against_kubernetes_schemas(tmp_path: Path) -> None:
+    docs = render(tmp_path, *ONE_MODEL)
+    native = [d for d in docs if "." not in d["apiVersion"].split("/")[0] or d["apiVersion"].startswith("apps/")]
+    assert {d["kind"] for d in native} == {"PersistentVolumeClaim", "Deployment", "Service", "StatefulSet"}
+    path = tmp_path / "native.yaml"
+    path.write_text(yaml.safe_dump_all(native))
+    exe = str(Path(shutil.which("kubernetes-validate") or ROOT / ".venv" / "bin" / "kubernetes-validate"))
+    for version in K8S_VERSIONS:
+        proc = subprocess.run([exe, "-k", version, "--strict", str(path)], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert proc.returncode == 0, f"{version}: {proc.stdout}{proc.stderr}"
+
+
+def _crd_schema(group_plural: str, version: str) -> dict[str, Any]:
+    if not CRDS.is_dir():
+        pytest.skip("upstream CRDs not found at ../shared/crds; see shared/crds/README.md")
+    crd = yaml.safe_load((CRDS / f"{group_plural}.yaml").read_text())
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served")]
+    return entry["schema"]["openAPIV3Schema"]
+
+
+def test_inference_service_validates_against_the_kserve_crd(tmp_path: Path) -> None:
+    (isvc,) = [d for d in render(tmp_path, *ONE_MODEL) if d["kind"] == "InferenceService"]
+    schema = _crd_schema("serving.kserve.io_inferenceservices", isvc["apiVersion"].split("/")[1])
+    jsonschema.validate(isvc, schema)
+    pred = isvc["spec"]["predictor"]
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (0, 3)
+    spec = json.loads(pred["containers"][0]["args"][-1])
+    assert spec == {"model": "fraud", "alias": "champion", "runtime": "kserve", "port": 8080}
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+def test_every_container_is_locked_down(tmp_path: Path) -> None:
+    docs = render(tmp_path, *ONE_MODEL)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    pods += [d["spec"]["predictor"] for d in docs if d["kind"] == "InferenceService"]
+    assert len(pods) == 3
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"] and c["resources"]["limits"]
+            assert c["readinessProbe"] and c["livenessProbe"]
+
+
+def test_service_names_match_the_cluster_profile(tmp_path: Path) -> None:
+    from keel.config import load_settings
+
+    docs = render(tmp_path)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    s = load_settings(profile="cluster", release="keel", namespace="ml")
+    for name, url in (("keel-mlflow", s.tracking_uri), ("keel-redis", s.redis_connection)):
+        port = services[name]["spec"]["ports"][0]["port"]
+        assert f"{name}.ml.svc.cluster.local:{port}" in url
+
+
+def _keys(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + k)
+        if isinstance(v, dict) and v:
+            out += _keys(v, f"{prefix}{k}.")
+    return out
+
+
+def _schema_at(schema: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node = schema
+    for part in dotted.split("."):
+        node = node["properties"][part]
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_every_value_has_a_described_schema_entry() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for key in _keys(values):
+        assert _schema_at(schema, key).get("description") or "$ref" in key, key
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "models[0].name=fraud", "--set", "models[0].runtime=triton"], "runtime"),
+        (["--set", "models[0].alias=champion"], "name"),
+        (["--set", "mlflow.bogus=1"], "bogus"),
+        (["--set", "redis.storage=lots"], "storage"),
+    ],
+)
+def test_bad_values_fail_at_template_time_naming_the_value(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = helm("template", "keel", str(CHART), *args, tmp=tmp_path)
+    assert proc.returncode != 0
+    assert needle in proc.stderr, proc.stderr
