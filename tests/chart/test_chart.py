@@ -134,3 +134,42 @@ def test_bad_values_fail_at_template_time_naming_the_value(tmp_path: Path, args:
     proc = helm("template", "keel", str(CHART), *args, tmp=tmp_path)
     assert proc.returncode != 0
     assert needle in proc.stderr, proc.stderr
+
+
+def _values_file(tmp: Path, values: dict[str, Any]) -> str:
+    path = tmp / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_ray_model_renders_a_rayservice_with_fractional_gpus(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from keel.serving.ray_runtime import app_builder
+
+    docs = render(tmp_path, "-f", _values_file(tmp_path, {"models": [
+        {"name": "fraud", "runtime": "ray", "numGpus": 0.25, "minReplicas": 0, "maxReplicas": 4}]}))
+    (rs,) = [d for d in docs if d["kind"] == "RayService"]
+    jsonschema.validate(rs, _crd_schema("ray.io_rayservices", "v1"))
+    serve = ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+    app = serve.applications[0]
+    assert app_builder(app.args) is not None
+    assert app.deployments[0].ray_actor_options.num_gpus == 0.25
+    workers = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (workers["minReplicas"], workers["maxReplicas"]) == (0, 4)
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert not [d for d in docs if d["kind"] in ("InferenceService", "ScaledObject")]
+
+
+def test_kserve_model_with_headroom_gets_a_keda_scaledobject(tmp_path: Path) -> None:
+    docs = render(tmp_path, *ONE_MODEL)
+    (so,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    jsonschema.validate(so, _crd_schema("keda.sh_scaledobjects", "v1alpha1"))
+    assert so["spec"]["scaleTargetRef"]["name"] == "fraud-predictor"
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 3)
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and 'keel_requests_total{model="fraud"}' in trigger["metadata"]["query"]
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    fixed = render(tmp_path, "--set", "models[0].name=fraud")
+    assert not [d for d in fixed if d["kind"] == "ScaledObject"]
