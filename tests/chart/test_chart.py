@@ -173,3 +173,23 @@ def test_kserve_model_with_headroom_gets_a_keda_scaledobject(tmp_path: Path) -> 
     assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
     fixed = render(tmp_path, "--set", "models[0].name=fraud")
     assert not [d for d in fixed if d["kind"] == "ScaledObject"]
+
+
+def test_gpu_profile_sets_limits_placement_and_the_runtime_flag(tmp_path: Path) -> None:
+    gpu = {"enabled": True, "count": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"},
+           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    docs = render(tmp_path, "-f", _values_file(tmp_path, {"models": [{"name": "fraud", "gpu": gpu}]}))
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    jsonschema.validate(isvc, _crd_schema("serving.kserve.io_inferenceservices", "v1beta1"))
+    pred = isvc["spec"]["predictor"]
+    c = pred["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pred["nodeSelector"] == gpu["nodeSelector"] and pred["tolerations"] == gpu["tolerations"]
+    assert json.loads(c["args"][-1])["gpu"] is True
+
+
+def test_gpu_without_a_count_fails_naming_the_value(tmp_path: Path) -> None:
+    values = _values_file(tmp_path, {"models": [{"name": "fraud", "gpu": {"enabled": True}}]})
+    proc = helm("template", "keel", str(CHART), "-f", values, tmp=tmp_path)
+    assert proc.returncode != 0
+    assert "models[fraud].gpu.count is not set" in proc.stderr
