@@ -193,3 +193,15 @@ def test_gpu_without_a_count_fails_naming_the_value(tmp_path: Path) -> None:
     proc = helm("template", "keel", str(CHART), "-f", values, tmp=tmp_path)
     assert proc.returncode != 0
     assert "models[fraud].gpu.count is not set" in proc.stderr
+
+
+def test_dockerfile_is_pinned_non_root_and_built_from_the_lock() -> None:
+    text = (ROOT / "platform" / "Dockerfile").read_text()
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}", "runtime", "runtime"]
+    base = next(line for line in text.splitlines() if line.startswith("ARG PYTHON_IMAGE="))
+    assert ":latest" not in base and base.count(".") >= 2  # a full patch-level tag
+    assert "USER 10001:10001" in text and "uv pip sync" in text and "platform/locks/core.txt" in text
+    assert "uv==0.13.9" in text
+    for target in ("platform", "serving"):
+        assert f"AS {target}" in text
