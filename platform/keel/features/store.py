@@ -116,8 +116,10 @@ def apply(settings: Settings, quiet: bool = True) -> list[str]:
     from feast.repo_operations import _get_repo_contents, apply_total_with_repo_instance
 
     check_online_store(settings)
+    from feast import FeatureStore
+
     cfg = repo_config(settings)
-    store = open_store(settings)
+    store = FeatureStore(config=cfg)
     sink = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext(), _definitions_see(settings):
         repo = _get_repo_contents(settings.feature_repo, cfg.project, cfg)

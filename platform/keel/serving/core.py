@@ -111,6 +111,14 @@ class Predictor:
         M.BREAKER.labels(name, version).set(0)
         self._lat = {s: M.LATENCY.labels(name, version, s) for s in ("features", "model", "total")}
         self._batch = M.BATCH.labels(name, version)
+        self._codes: dict[str, Any] = {}
+
+    def count(self, code: str, n: int = 1) -> None:
+        """Count answered requests by HTTP-equivalent code (label children cached: this is per request)."""
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = M.REQUESTS.labels(self.name, self.version, code)
+        child.inc(n)
 
     def _breaker_changed(self, state: str) -> None:
         M.BREAKER.labels(self.name, self.version).set(STATE_VALUE[state])

@@ -61,14 +61,14 @@ class Router:
         try:
             result = chosen.predict(instances, role=role)
         except InputError:
-            M.REQUESTS.labels(chosen.name, chosen.version, "400").inc()
+            chosen.count("400")
             raise
         except Exception:
-            M.REQUESTS.labels(chosen.name, chosen.version, "500").inc()
+            chosen.count("500")
             raise
         finally:
             self._inflight.dec()
-        M.REQUESTS.labels(chosen.name, chosen.version, "200").inc()
+        chosen.count("200")
         if self._shadow is not None and self.secondary is not None:
             self._submit_shadow(instances, result.request_id)
         return result
@@ -86,7 +86,7 @@ class Router:
             try:
                 rows = chosen.validate(instances)
             except InputError as exc:
-                M.REQUESTS.labels(chosen.name, chosen.version, "400").inc()
+                chosen.count("400")
                 out[i] = exc
                 continue
             groups.setdefault(id(chosen), (chosen, [], []))
@@ -99,7 +99,7 @@ class Router:
             try:
                 merged = chosen.predict(flat, role=role)
             except Exception:
-                M.REQUESTS.labels(chosen.name, chosen.version, "500").inc(len(idx))
+                chosen.count("500", len(idx))
                 raise
             finally:
                 self._inflight.dec(len(idx))
@@ -109,7 +109,7 @@ class Router:
                 out[i] = Result(chosen.name, chosen.version, merged.scores[pos:pos + k], merged.degraded[pos:pos + k],
                                 role)
                 pos += k
-                M.REQUESTS.labels(chosen.name, chosen.version, "200").inc()
+                chosen.count("200")
                 if self._shadow is not None and self.secondary is not None:
                     self._submit_shadow(requests[i], out[i].request_id)
         return out  # type: ignore[return-value]
