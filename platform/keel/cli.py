@@ -200,6 +200,21 @@ def features_training_set(ctx: click.Context, feature_service: str, labels: Path
                        "snapshot": str(ts.snapshot), "window": f"{ts.window_start} .. {ts.window_end}"}, "yaml"))
 
 
+@features.command("serve")
+@click.option("--host", default=None, help="default: KEEL_HOST (cluster: 0.0.0.0)")
+@click.option("--port", default=6566, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.pass_context
+def features_serve(ctx: click.Context, host: str | None, port: int, workers: int) -> None:
+    """Run Feast's own feature server on keel's feature repo (the chart's feature-server pods run this)."""
+    from keel.features.store import open_store
+
+    s = _settings(ctx)
+    bind = host or ("0.0.0.0" if s.profile == "cluster" else s.host)  # all interfaces only in a pod
+    open_store(s).serve(host=bind, port=port, workers=workers, metrics=False, no_access_log=True,
+                        max_requests=0, registry_ttl_sec=60)
+
+
 @features.command("env")
 @click.pass_context
 def features_env(ctx: click.Context) -> None:
@@ -326,15 +341,36 @@ def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
 @click.option("--num-gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs per replica (fractional)")
 @click.option("--sample-rate", type=float, default=1.0, show_default=True, help="prediction-log sampling")
 @click.option("--max-batch", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--min-replicas", type=click.IntRange(min=0), default=1, show_default=True, help="cluster targets")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="cluster targets")
+@click.option("--values", "values_files", multiple=True, type=click.Path(path_type=Path),
+              help="cluster targets: the release's Helm values files")
+@click.option("--dry-run", is_flag=True, help="cluster targets: print the objects as YAML, apply nothing")
 @click.pass_context
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str,
            port: int | None, canary: str | None, shadow: str | None, gpu: bool, num_gpus: float,
-           sample_rate: float, max_batch: int) -> None:
-    """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation."""
+           sample_rate: float, max_batch: int, min_replicas: int, max_replicas: int,
+           values_files: tuple[Path, ...], dry_run: bool) -> None:
+    """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation.
+
+    --target kserve|rayserve renders the Helm chart's objects for MODEL and applies them with kubectl."""
     from keel.serving import deploy as d
     from keel.serving.spec import ServeSpec
 
     s = _settings(ctx)
+    if target in ("kserve", "rayserve"):
+        from keel.serving import cluster
+
+        canary_alias, weight = ServeSpec.parse_canary(canary) if canary else (None, 0.0)
+        spec = ServeSpec(model=model, alias=alias, version=version, runtime=cluster.RUNTIME_OF_TARGET[target],
+                         canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
+                         gpu=gpu or num_gpus > 0, num_gpus=num_gpus, min_replicas=min_replicas,
+                         max_replicas=max_replicas)
+        docs = cluster.render(s, spec, target, values_files)
+        click.echo(cluster.to_yaml(docs) if dry_run else cluster.apply(s, docs), nl=False)
+        return
+    if dry_run or values_files:
+        raise KeelError("--dry-run and --values apply to the cluster targets (kserve, rayserve)")
     tgt = d.target(s, target)
     canary_alias, weight = ServeSpec.parse_canary(canary) if canary else (None, 0.0)
     if port is None:

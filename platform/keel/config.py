@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     serving_port: int = Field(8085, ge=1, le=65535, description="first port for local model deployments")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
     redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
+    pushgateway: str | None = Field(None, description="Pushgateway URL; derived from profile when unset")
     redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")
+    feast_registry: SecretStr | None = Field(
+        None, description="Feast registry: an SQLAlchemy URI (cluster: Postgres) or a file; default: file in home")
     release: str = Field("keel", description="Helm release name (cluster profile service names)")
     namespace: str = Field("keel", description="Kubernetes namespace (cluster profile service names)")
     feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository directory")
@@ -107,6 +110,8 @@ class Settings(BaseSettings):
 
     @property
     def pushgateway_url(self) -> str:
+        if self.pushgateway:
+            return self.pushgateway
         if self.profile == "cluster":
             return f"http://{self._svc('pushgateway', 9091)}"
         return f"http://{self.host}:{self.pushgateway_port}"

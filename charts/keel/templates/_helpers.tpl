@@ -1,11 +1,22 @@
 {{- define "keel.fullname" -}}{{ printf "%s" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
 {{- define "keel.tag" -}}{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{- define "keel.platformImage" -}}"{{ .Values.image.platform }}:{{ include "keel.tag" . }}"{{- end -}}
+{{- define "keel.servingImage" -}}"{{ .Values.image.serving }}:{{ include "keel.tag" . }}"{{- end -}}
 {{- define "keel.labels" -}}
 app.kubernetes.io/name: keel
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+{{/* Labels of one component; call with (list $ "component"). */}}
+{{- define "keel.componentLabels" -}}
+{{ include "keel.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+{{- define "keel.selector" -}}
+app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- define "keel.podSecurity" -}}
 runAsNonRoot: true
@@ -20,4 +31,84 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+{{- end -}}
+{{- define "keel.pullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- define "keel.svc" -}}{{ printf "%s-%s.%s.svc.cluster.local" (include "keel.fullname" (index . 0)) (index . 1) (index . 0).Release.Namespace }}{{- end -}}
+{{/* A database URI from the bundled Postgres (password expanded from $(KEEL_POSTGRES_PASSWORD)) or the
+     external Secret; call with (list $ "database" "external key"). */}}
+{{- define "keel.dbEnv" -}}
+{{- $ := index . 0 -}}
+{{- if $.Values.postgres.enabled -}}
+value: "postgresql+psycopg://{{ $.Values.postgres.user }}:$(KEEL_POSTGRES_PASSWORD)@{{ include "keel.svc" (list $ "postgres") }}:{{ $.Values.postgres.port }}/{{ index . 1 }}"
+{{- else -}}
+valueFrom:
+  secretKeyRef: {name: {{ required "externalDatabase.secret is required when postgres.enabled is false" $.Values.externalDatabase.secret }}, key: {{ index . 2 }}}
+{{- end -}}
+{{- end -}}
+{{- define "keel.postgresPasswordEnv" -}}
+{{- if .Values.postgres.enabled }}
+- name: KEEL_POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.postgres.passwordSecret }}, key: password}
+{{- end }}
+{{- end -}}
+{{/* What every keel process needs to find the platform: the cluster profile, Redis, the Feast
+     registry and MLflow credentials. */}}
+{{- define "keel.env" -}}
+- {name: KEEL_PROFILE, value: cluster}
+- {name: KEEL_RELEASE, value: {{ .Release.Name }}}
+- {name: KEEL_NAMESPACE, value: {{ .Release.Namespace }}}
+{{- if .Values.redis.enabled }}
+- {name: KEEL_REDIS_ADDRESS, value: "{{ include "keel.svc" (list . "redis") }}:{{ .Values.redis.port }}"}
+{{- else }}
+- {name: KEEL_REDIS_ADDRESS, value: {{ required "redis.externalAddress is required when redis.enabled is false" .Values.redis.externalAddress | quote }}}
+{{- end }}
+- {name: KEEL_MLFLOW_URI, value: "http://{{ include "keel.svc" (list . "mlflow") }}:{{ .Values.mlflow.port }}"}
+- name: KEEL_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.redis.passwordSecret }}, key: password}
+{{- include "keel.postgresPasswordEnv" . }}
+- name: KEEL_FEAST_REGISTRY
+  {{- include "keel.dbEnv" (list . "feast" "feast") | nindent 2 }}
+{{- if not .Values.pushgateway.enabled }}
+- {name: KEEL_PUSHGATEWAY, value: {{ required "pushgateway.externalUrl is required when pushgateway.enabled is false" .Values.pushgateway.externalUrl | quote }}}
+{{- end }}
+{{- if .Values.mlflow.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.mlflow.auth.secret }}, key: username}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.mlflow.auth.secret }}, key: password}
+{{- end }}
+{{- end -}}
+{{- define "keel.modelName" -}}{{ .name | replace "_" "-" }}{{- end -}}
+{{- define "keel.minReplicas" -}}{{ if hasKey . "minReplicas" }}{{ .minReplicas }}{{ else }}1{{ end }}{{- end -}}
+{{/* The ServeSpec (keel.serving.spec) of one model, as JSON; call with (list $ model runtime port). */}}
+{{- define "keel.serveSpec" -}}
+{{- $ := index . 0 }}{{- $m := index . 1 }}
+{{- $spec := dict "model" $m.name "alias" ($m.alias | default "champion") "runtime" (index . 2) "port" (index . 3) "predlog_uri" ($.Values.predictionLog.uri | default "/var/lib/keel/predictions") "sample_rate" $.Values.predictionLog.sampleRate "min_replicas" (int (include "keel.minReplicas" $m)) "max_replicas" (int ($m.maxReplicas | default 1)) }}
+{{- with $m.version }}{{- $_ := set $spec "version" (toString .) }}{{- end }}
+{{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- end }}
+{{- if and $m.gpu $m.gpu.enabled }}{{- $_ := set $spec "gpu" true }}{{- end }}
+{{- if gt (float64 ($m.numGpus | default 0)) 0.0 }}{{- $_ := set $spec "gpu" true }}{{- $_ := set $spec "num_gpus" $m.numGpus }}{{- end }}
+{{- toJson $spec }}
+{{- end -}}
+{{- define "keel.predlogMount" -}}
+{{- if not .Values.predictionLog.uri }}
+- {name: predictions, mountPath: /var/lib/keel/predictions}
+{{- end }}
+{{- end -}}
+{{- define "keel.predlogVolume" -}}
+{{- if not .Values.predictionLog.uri }}
+- name: predictions
+  persistentVolumeClaim: {claimName: {{ include "keel.fullname" . }}-predictions}
+{{- end }}
 {{- end -}}

@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 def placeholders(settings: Settings) -> dict[str, str]:
     """Values for the ``${...}`` placeholders in feature_store.yaml."""
+    registry = settings.feast_registry.get_secret_value() if settings.feast_registry else ""
     return {
-        "FEAST_REGISTRY_PATH": str(settings.home / "feast" / "registry.db"),
+        # A URI means Feast's SQL registry (shared by every pod on a cluster); a path, its file registry.
+        "FEAST_REGISTRY_TYPE": "sql" if "://" in registry else "file",
+        "FEAST_REGISTRY_PATH": registry or str(settings.home / "feast" / "registry.db"),
         "FEAST_REDIS_CONNECTION": settings.redis_connection,
     }
 

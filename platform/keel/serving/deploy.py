@@ -1,8 +1,8 @@
 """Deploy targets behind one small interface, selected by name (Feast-online-store style).
 
 ``local`` runs a serving process under the local stack's supervisor, so it joins `keel up/down/status`.
-The cluster targets (``kserve``, ``rayserve``) render the same objects as the Helm chart; they arrive
-with the chart.
+The cluster targets (``kserve``, ``rayserve``) live in ``keel.serving.cluster``: they render the Helm
+chart's own templates.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def target(settings: Settings, name: str) -> DeployTarget:
     if name == "local":
         return LocalTarget(settings)
     if name in ("kserve", "rayserve"):
-        raise KeelError(f"deploy target '{name}' renders cluster objects and comes with the Helm chart; "
-                        f"available now: {', '.join(TARGETS)}")
+        raise KeelError(f"target '{name}' deploys with `keel deploy --target {name}`; undeploy it with "
+                        f"`helm`/`kubectl delete` (the objects carry the label keel.dev/model)")
     raise NotFoundError("deploy target", name, [*TARGETS, "kserve", "rayserve"])
 
 
