@@ -345,12 +345,13 @@ def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
 @click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="cluster targets")
 @click.option("--values", "values_files", multiple=True, type=click.Path(path_type=Path),
               help="cluster targets: the release's Helm values files")
+@click.option("--priority-class", default=None, help="cluster targets: PriorityClass of the serving pods")
 @click.option("--dry-run", is_flag=True, help="cluster targets: print the objects as YAML, apply nothing")
 @click.pass_context
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str,
            port: int | None, canary: str | None, shadow: str | None, gpu: bool, num_gpus: float,
            sample_rate: float, max_batch: int, min_replicas: int, max_replicas: int,
-           values_files: tuple[Path, ...], dry_run: bool) -> None:
+           values_files: tuple[Path, ...], priority_class: str | None, dry_run: bool) -> None:
     """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation.
 
     --target kserve|rayserve renders the Helm chart's objects for MODEL and applies them with kubectl."""
@@ -366,7 +367,7 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
                          canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
                          gpu=gpu or num_gpus > 0, num_gpus=num_gpus, min_replicas=min_replicas,
                          max_replicas=max_replicas)
-        docs = cluster.render(s, spec, target, values_files)
+        docs = cluster.render(s, spec, target, values_files, priority_class)
         click.echo(cluster.to_yaml(docs) if dry_run else cluster.apply(s, docs), nl=False)
         return
     if dry_run or values_files:

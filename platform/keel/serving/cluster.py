@@ -24,7 +24,7 @@ RUNTIME_OF_TARGET = {"kserve": "kserve", "rayserve": "ray"}
 MODEL_LABEL = "keel.dev/model"
 
 
-def model_values(spec: Any, target: str) -> dict[str, Any]:
+def model_values(spec: Any, target: str, priority_class: str | None = None) -> dict[str, Any]:
     """The chart's ``models[]`` entry for a ServeSpec."""
     if spec.shadow_alias:
         raise KeelError(f"--shadow is served by the local target only; target '{target}' supports --canary")
@@ -32,6 +32,8 @@ def model_values(spec: Any, target: str) -> dict[str, Any]:
                              "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas}
     if spec.version:
         entry["version"] = str(spec.version)
+    if priority_class:
+        entry["priorityClassName"] = priority_class
     if spec.canary_alias:
         entry["canary"] = {"alias": spec.canary_alias, "percent": round(spec.canary_weight * 100, 6)}
     if target == "rayserve" and spec.num_gpus:
@@ -48,7 +50,8 @@ def _helm() -> str:
     return found
 
 
-def render(settings: Settings, spec: Any, target: str, values_files: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+def render(settings: Settings, spec: Any, target: str, values_files: tuple[Path, ...] = (),
+           priority_class: str | None = None) -> list[dict[str, Any]]:
     """The chart's objects for this one model, as the release ``settings.release`` in ``settings.namespace``
     would have them (``values_files``: the release's own values, so shared settings match)."""
     if target not in RUNTIME_OF_TARGET:
@@ -58,7 +61,7 @@ def render(settings: Settings, spec: Any, target: str, values_files: tuple[Path,
             raise KeelError(f"--values {f}: no such file")
     with tempfile.TemporaryDirectory(prefix="keel-helm-") as tmp:
         model_file = Path(tmp) / "model.yaml"
-        model_file.write_text(yaml.safe_dump({"models": [model_values(spec, target)]}))
+        model_file.write_text(yaml.safe_dump({"models": [model_values(spec, target, priority_class)]}))
         env = {**os.environ, "HELM_CACHE_HOME": f"{tmp}/c", "HELM_CONFIG_HOME": f"{tmp}/g",
                "HELM_DATA_HOME": f"{tmp}/d"}
         args = [_helm(), "template", settings.release, str(CHART), "--namespace", settings.namespace]

@@ -1,0 +1,1 @@
+"""Drift jobs, dashboards and the other monitoring assets keel ships."""
