@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port")
     pushgateway_port: int = Field(9091, ge=1, le=65535, description="Prometheus Pushgateway port")
     alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager port")
+    controller_port: int = Field(8087, ge=1, le=65535, description="keel controller (alert webhook) port")
     serving_port: int = Field(8085, ge=1, le=65535, description="first port for local model deployments")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
     redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
@@ -115,6 +116,12 @@ class Settings(BaseSettings):
         if self.profile == "cluster":
             return f"http://{self._svc('pushgateway', 9091)}"
         return f"http://{self.host}:{self.pushgateway_port}"
+
+    @property
+    def controller_url(self) -> str:
+        if self.profile == "cluster":
+            return f"http://{self._svc('controller', 8087)}"
+        return f"http://{self.host}:{self.controller_port}"
 
     @property
     def alertmanager_url(self) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import string
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,8 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
     for v in views or []:
         if v not in registered:
             raise NotFoundError("feature view", v, registered)
+    began = time.time()
+    rows: dict[str, int] = {}
     for name in views or sorted(registered):
         fv = registered[name]
         if not fv.online:
@@ -172,10 +175,49 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
             start = end - (fv.ttl if fv.ttl else timedelta(days=3650))
         if start.tzinfo is None:
             start = start.replace(tzinfo=timezone.utc)
+        rows[name] = 0
         if start >= end:
-            continue
+            continue  # already loaded up to end
         fs.materialize(start_date=start, end_date=end, feature_views=[name])
+        rows[name] = _source_rows(fv, start, end)
+    _push_materialization(settings, end, rows, time.time() - began)
     return end
+
+
+def _source_rows(fv: Any, start: datetime, end: datetime) -> int:
+    """Rows of the view's offline source in [start, end): what this run loaded (file sources only)."""
+    path = getattr(fv.batch_source, "path", None)
+    if not path or not Path(path).exists():
+        return 0
+    import duckdb
+
+    ts = fv.batch_source.timestamp_field
+    query = f'SELECT count(*) FROM read_parquet(?) WHERE "{ts}" >= ? AND "{ts}" < ?'
+    return int(duckdb.execute(query, [str(path), start, end]).fetchone()[0])
+
+
+def _push_materialization(settings: Settings, end: datetime, rows: dict[str, int], duration: float) -> None:
+    """Freshness gauges for the feature-store alerts and dashboard. A Pushgateway that is down costs a
+    warning, not the materialization."""
+    import logging
+
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    until = Gauge("keel_feature_materialized_until_timestamp_seconds", "End of the last materialized interval",
+                  ["feature_view"], registry=reg)
+    count = Gauge("keel_materialization_rows", "Rows written to the online store", ["feature_view"], registry=reg)
+    for name, n in rows.items():
+        until.labels(name).set(end.timestamp())
+        count.labels(name).set(n)
+    Gauge("keel_materialization_last_success_timestamp_seconds", "When materialization last finished",
+          registry=reg).set_to_current_time()
+    Gauge("keel_materialization_duration_seconds", "How long it took", registry=reg).set(duration)
+    try:
+        push_to_gateway(settings.pushgateway_url.removeprefix("http://"), job="keel_materialize", registry=reg,
+                        timeout=5)
+    except OSError as exc:
+        logging.getLogger("keel.features").warning("materialization metrics not pushed: %s", exc)
 
 
 def service_views(store: FeatureStore, service: FeatureService) -> tuple[list[Any], list[Any]]:

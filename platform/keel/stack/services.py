@@ -64,15 +64,18 @@ scrape_configs:
 """
 
 
-_ALERTMANAGER_CONFIG = """# Written by `keel up`; edits are overwritten.
-route:
-  receiver: default
-  group_wait: 1s
-  group_interval: 5s
-  repeat_interval: 1h
-receivers:
-  - name: default
-"""
+def _alertmanager_config(s: Settings) -> str:
+    """monitoring/alertmanager.yml with the local controller's URL and token file filled in."""
+    token = s.home / "controller" / "token"
+    if not token.exists():  # the bearer token Alertmanager presents to the controller; never logged
+        import secrets
+
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_urlsafe(32))
+    text = (PROJECT_ROOT / "monitoring" / "alertmanager.yml").read_text()
+    text = text.replace("__CONTROLLER_URL__", s.controller_url).replace("__CONTROLLER_TOKEN_FILE__", str(token))
+    return "# Written by `keel up` from monitoring/alertmanager.yml; edits are overwritten.\n" + text
 
 
 def build_services(s: Settings) -> dict[str, Service]:
@@ -90,7 +93,7 @@ def build_services(s: Settings) -> dict[str, Service]:
 
     def am_prepare() -> None:
         (home / "alertmanager" / "data").mkdir(parents=True, exist_ok=True)
-        (home / "alertmanager" / "alertmanager.yml").write_text(_ALERTMANAGER_CONFIG)
+        (home / "alertmanager" / "alertmanager.yml").write_text(_alertmanager_config(s))
 
     def redis_prepare() -> None:
         (home / "redis").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,184 @@
+"""Drift end to end: served traffic with drift injected on two named features -> `keel drift run` ->
+Pushgateway -> Prometheus (gauges, then KeelDatasetDrift firing) -> Alertmanager; then every dashboard
+panel and KEDA trigger query returns data from the same Prometheus."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from keel.config import Settings
+from tests.conftest import free_ports, run_keel
+
+MODEL = "fraud_drift"
+DRIFTED = {"txn_count_24h": ("customer_spend", 4.0), "merchant_fraud_rate_30d": ("merchant_risk", 5.0)}
+ENTITY_BASE = 9_000_000
+# Exported only by the keel controller, which arrives with the retraining issue and is not in the stack yet.
+NOT_YET_EXPORTED = ("keel_controller_triggers_pending",)
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _query(settings: Settings, expr: str) -> list[dict[str, Any]]:
+    url = f"{settings.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    body = _get(url)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def drifted_traffic(feature_data: dict[str, Path], training_set: Any, stack_settings: Settings,
+                    deployer: Any) -> dict[str, Any]:
+    """A model on fraud_model_lite (5 features) served locally; 800 requests whose feature rows are the
+    holdout's own rows (written to Redis under fresh entity ids), with two features multiplied."""
+    from keel.features import training
+    from keel.features.store import open_store
+    from keel.registry.client import Registry
+    from keel.train import time_split, train_fraud_model
+
+    lite = training.build(stack_settings, "fraud_model_lite", pd.read_parquet(feature_data["transactions"]))
+    trained = train_fraud_model(lite)
+    reg = Registry(stack_settings)
+    reg.register(trained.model, MODEL, lite, trained.holdout, trained.metrics)
+    reg.promote(MODEL)
+
+    _, holdout = time_split(training_set.frame)
+    spend_cols = ["txn_count_1h", "amount_sum_1h", "txn_count_24h", "amount_sum_24h", "amount_mean_24h",
+                  "amount_mean_7d", "amount_std_7d"]
+    risk_cols = ["merchant_fraud_rate_30d", "merchant_txn_count_24h", "merchant_avg_amount_7d"]
+    rows = holdout.dropna(subset=spend_cols + risk_cols).sample(n=800, random_state=7).reset_index(drop=True)
+    ids = np.arange(ENTITY_BASE, ENTITY_BASE + len(rows))
+    now = pd.Timestamp(datetime.now(UTC))
+    spend = rows[spend_cols].copy()
+    risk = rows[risk_cols].copy()
+    for feat, (view, factor) in DRIFTED.items():
+        frame = spend if view == "customer_spend" else risk
+        frame[feat] = frame[feat] * factor
+    for col in ("txn_count_1h", "txn_count_24h", "merchant_txn_count_24h"):
+        (spend if col in spend else risk)[col] = (spend if col in spend else risk)[col].round().astype("int64")
+    fs = open_store(stack_settings)
+    fs.write_to_online_store("customer_spend", spend.assign(customer_id=ids, event_timestamp=now, created=now))
+    fs.write_to_online_store("merchant_risk", risk.assign(merchant_id=ids, event_timestamp=now, created=now))
+
+    (port,) = free_ports(1)
+    url = deployer(model=MODEL, port=port)
+    instances = [{"customer_id": int(i), "merchant_id": int(i), "amount": float(a)}
+                 for i, a in zip(ids, rows["amount"], strict=True)]
+    for k in range(0, len(instances), 50):
+        req = urllib.request.Request(f"{url}/v1/models/{MODEL}:predict",
+                                     data=json.dumps({"instances": instances[k:k + 50]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert not any(body["degraded_rows"]), "feature lookups degraded: the drift would be meaningless"
+    from keel.serving.predlog import read
+
+    _wait("the prediction log to be flushed", lambda: len(read(str(stack_settings.home / "predictions"),
+                                                              MODEL)) >= len(instances), 60)
+    return {"features": lite.features, "requests": len(instances)}
+
+
+def test_drift_job_finds_the_two_drifted_features_and_the_alert_reaches_alertmanager(
+        drifted_traffic: dict[str, Any], stack_settings: Settings) -> None:
+    proc = run_keel(["drift", "run", MODEL, "--window", "1h", "-o", "json"], stack_settings)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    verdicts = {c["column"]: c["detected"] for c in result["features"]}
+    assert verdicts == {f: f in DRIFTED for f in drifted_traffic["features"]}, verdicts
+    assert result["current_rows"] == result["rows_in_window"] == drifted_traffic["requests"]
+    assert result["drift_share"] == pytest.approx(2 / len(drifted_traffic["features"]))
+    assert result["run_id"], "the HTML report was not logged to MLflow"
+
+    series = _wait("drift gauges in Prometheus", lambda: _query(
+        stack_settings, f'keel_feature_drift_detected{{model="{MODEL}"}}'), 30)
+    in_prom = {s["metric"]["feature"]: s["value"][1] == "1" for s in series}
+    assert in_prom == verdicts
+    scores = {s["metric"]["feature"]: float(s["value"][1]) for s in _query(
+        stack_settings, f'keel_feature_drift_score{{model="{MODEL}"}}')}
+    thresholds = {c["column"]: c["threshold"] for c in result["features"]}
+    assert all((scores[f] >= thresholds[f]) == (f in DRIFTED) for f in scores), scores
+
+    def firing() -> list[dict[str, Any]]:
+        alerts = _get(f"{stack_settings.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "KeelDatasetDrift"
+                and a["labels"]["model"] == MODEL and a["state"] == "firing"]
+
+    (alert,) = _wait("KeelDatasetDrift to fire (for: 1m)", firing, 150)
+    assert alert["labels"]["category"] == "drift" and alert["annotations"]["runbook_url"].endswith("#keeldatasetdrift")
+
+    def routed() -> list[dict[str, Any]]:
+        return [a for a in _get(f"{stack_settings.alertmanager_url}/api/v2/alerts")
+                if a["labels"]["alertname"] == "KeelDatasetDrift" and a["labels"]["model"] == MODEL]
+
+    (am,) = _wait("the alert in Alertmanager", routed, 30)
+    assert "keel-controller" in {r["name"] for r in am["receivers"]}
+    cli = run_keel(["alerts"], stack_settings)
+    assert cli.returncode == 0 and "KeelDatasetDrift" in cli.stdout and MODEL in cli.stdout
+
+
+def test_every_dashboard_panel_and_keda_trigger_returns_data(drifted_traffic: dict[str, Any],
+                                                            stack_settings: Settings, tmp_path: Path) -> None:
+    from keel.features.store import materialize
+    from keel.monitoring.dashboards import build_all, panel_queries
+    from keel.serving import cluster
+    from keel.serving.spec import ServeSpec
+
+    materialize(stack_settings)  # feature-freshness series, pushed by materialization
+    _wait("materialization gauges", lambda: _query(stack_settings, "keel_materialization_duration_seconds"), 30)
+    _wait("drift gauges", lambda: _query(stack_settings, f'keel_dataset_drift_share{{model="{MODEL}"}}'), 30)
+    empty = []
+    for name, dash in build_all().items():
+        for title, expr in panel_queries(dash):
+            if any(m in expr for m in NOT_YET_EXPORTED):
+                continue
+            if not _query(stack_settings, expr):
+                empty.append(f"{name}: {title}: {expr}")
+    spec = ServeSpec(model=MODEL, max_replicas=3)
+    scaled = [d for d in cluster.render(stack_settings, spec, "kserve") if d["kind"] == "ScaledObject"]
+    for trig in scaled[0]["spec"]["triggers"]:
+        # the local stack's series carry no namespace label (a cluster's scrape adds it)
+        expr = trig["metadata"]["query"].replace(f'namespace="{stack_settings.namespace}",', "")
+        if not _query(stack_settings, expr):
+            empty.append(f"KEDA {trig['name']}: {expr}")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_drift_job_failures_exit_non_zero_with_one_line(drifted_traffic: dict[str, Any], stack_settings: Settings,
+                                                        tmp_path: Path) -> None:
+    unknown = run_keel(["drift", "run", "nosuch"], stack_settings)
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr
+    empty = run_keel(["drift", "run", MODEL, "--predictions", str(tmp_path / "none")], stack_settings)
+    assert empty.returncode == 2 and "no predictions of 'fraud_drift'" in empty.stderr
+    (dead,) = free_ports(1)
+    before = set((stack_settings.home / "drift" / MODEL).glob("*.json"))
+    down = run_keel(["drift", "run", MODEL], stack_settings, KEEL_PUSHGATEWAY=f"http://127.0.0.1:{dead}")
+    assert down.returncode != 0 and "Pushgateway" in down.stderr
+    for proc in (unknown, empty, down):
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    kept = set((stack_settings.home / "drift" / MODEL).glob("*.json")) - before
+    assert kept, "the failed run was not recorded locally"
+    assert json.loads(next(iter(kept)).read_text())["pushed"] is False
