@@ -520,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeelError as exc:
         click.echo(f"keel: error: {exc}", err=True)
         return exc.exit_code
+    except Exception as exc:
+        if type(exc).__name__ == "MlflowException" and "401" in str(exc):
+            click.echo("keel: error: MLflow refused the request (401 not authenticated): set "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD", err=True)
+            return 2
+        raise
     return 0
 
 
