@@ -32,6 +32,7 @@ test: setup
 
 bench: setup
 	@$(VENV)/bin/python bench/serving.py
+	@$(VENV)/bin/python bench/drift.py
 
 lint: setup
 	@$(VENV)/bin/ruff check .
