@@ -15,7 +15,7 @@ from keel.config import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 KEEL = str(Path(sys.executable).parent / "keel")
 PORT_FIELDS = ("mlflow_port", "redis_port", "prometheus_port", "pushgateway_port", "alertmanager_port",
-               "controller_port", "serving_port")
+               "controller_port", "airflow_port", "serving_port")
 
 
 def free_ports(n: int) -> list[int]:

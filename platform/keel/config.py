@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     pushgateway_port: int = Field(9091, ge=1, le=65535, description="Prometheus Pushgateway port")
     alertmanager_port: int = Field(9093, ge=1, le=65535, description="Alertmanager port")
     controller_port: int = Field(8087, ge=1, le=65535, description="keel controller (alert webhook) port")
+    airflow_port: int = Field(8080, ge=1, le=65535, description="Airflow API server port (local stack)")
     serving_port: int = Field(8085, ge=1, le=65535, description="first port for local model deployments")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
     redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
     release: str = Field("keel", description="Helm release name (cluster profile service names)")
     namespace: str = Field("keel", description="Kubernetes namespace (cluster profile service names)")
     feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository directory")
+    controller_token: SecretStr | None = Field(
+        None, description="bearer token of the keel controller; local default: KEEL_HOME/controller/token")
+    airflow_url: str | None = Field(None, description="Airflow API URL; derived from profile when unset")
+    airflow_username: str = Field("keel", description="Airflow user the controller triggers DAG runs as")
+    airflow_password: SecretStr | None = Field(
+        None, description="its password; local default: the password file Airflow's simple auth manager writes")
+    retraining: bool = Field(False, description="`keel up` also starts Airflow and the keel controller")
+    retrain_cooldown_s: float = Field(600.0, ge=0, description="seconds after a retrain before another for a model")
     promotion_metric: str = Field("roc_auc", description="holdout metric the promotion gate compares")
     promotion_tolerance: float = Field(0.0, ge=0.0, description="how much worse a challenger may be")
     actor: str = Field(default_factory=_default_actor, description="who is recorded in audit records")
@@ -122,6 +131,38 @@ class Settings(BaseSettings):
         if self.profile == "cluster":
             return f"http://{self._svc('controller', 8087)}"
         return f"http://{self.host}:{self.controller_port}"
+
+    @property
+    def airflow_api(self) -> str:
+        if self.airflow_url:
+            return self.airflow_url.rstrip("/")
+        if self.profile == "cluster":
+            return f"http://{self.release}-airflow-api-server.{self.namespace}.svc.cluster.local:8080"
+        return f"http://{self.host}:{self.airflow_port}"
+
+    def token(self) -> str:
+        """The controller's bearer token: the setting, or (local) a 0600 file made on first use."""
+        if self.controller_token is not None:
+            return self.controller_token.get_secret_value()
+        path = self.home / "controller" / "token"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def airflow_secret(self) -> str:
+        if self.airflow_password is not None:
+            return self.airflow_password.get_secret_value()
+        path = self.home / "airflow" / "simple_auth_manager_passwords.json.generated"
+        if not path.exists():
+            raise KeelError(f"no Airflow password: set KEEL_AIRFLOW_PASSWORD, or start Airflow with `keel up` "
+                            f"(it writes {path})")
+        import json
+
+        return str(json.loads(path.read_text())[self.airflow_username])
 
     @property
     def alertmanager_url(self) -> str:

@@ -14,8 +14,65 @@ from keel.config import Settings
 Echo = Callable[[str], None]
 
 
+# Five stored features; the on-demand ratios built on two of them drift too, so 7 of 16 features move.
+DEMO_DRIFT = {"txn_count_24h": 4.0, "amount_mean_7d": 2.0, "credit_limit": 0.3, "merchant_fraud_rate_30d": 5.0,
+              "merchant_avg_amount_7d": 2.0}
+
+
+def _drift_loop(settings: Settings, model: str, ts: object, step: Callable[[str], None]) -> list[str]:
+    """Replay holdout rows with drift on five stored features, run the drift job, and wait (on Prometheus and
+    Alertmanager, not a sleep) for KeelDatasetDrift to fire."""
+    from keel.errors import KeelError
+    from keel.monitoring import drift
+    from keel.monitoring.alerts import current
+    from keel.monitoring.inject import replay
+    from keel.serving.deploy import predict_local
+    from keel.serving.predlog import read
+    from keel.train import time_split
+
+    _, holdout = time_split(ts.frame)  # type: ignore[attr-defined]
+    rows = holdout.sample(n=min(600, len(holdout)), random_state=0)
+    logged = str(settings.home / "predictions")
+    before = len(read(logged, model))
+    step(f"replaying {len(rows)} holdout transactions as live traffic, drift injected on "
+         + ", ".join(f"{k} x{v:g}" for k, v in DEMO_DRIFT.items()))
+    sent = replay(settings, model, rows, DEMO_DRIFT, lambda batch: predict_local(settings, model, batch))
+    _wait_for(lambda: len(read(logged, model)) >= before + sent, 60, "the prediction log to be flushed")
+    step("drift job: Evidently on the window vs the model's training holdout -> Pushgateway + MLflow report")
+    result = drift.run(settings, model, "1h")
+    step(f"{len(result.drifted)}/{len(result.features)} features drifted (share {result.drift_share:.0%}): "
+         + ", ".join(result.drifted))
+    step("waiting for Prometheus to fire KeelDatasetDrift (for: 1m) and Alertmanager to receive it")
+
+    def firing() -> list[dict[str, object]]:
+        return [a for a in current(settings) if a["alert"] == "KeelDatasetDrift" and a["model"] == model
+                and a["state"] == "firing" and a["alertmanager"] == "yes"]
+
+    try:
+        alerts = _wait_for(firing, 180, "KeelDatasetDrift to fire")
+    except KeelError as exc:
+        return [f"  drift alert      not firing: {exc}"]
+    a = alerts[0]
+    step(f"alert firing: {a['alert']} ({a['severity']}) {a['summary']}")
+    return [f"  drift            {', '.join(result.drifted)} drifted; mlflow run {result.run_id}",
+            f"  alert            {a['alert']} firing since {a['since']}, in Alertmanager (`keel alerts`)"]
+
+
+def _wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    from keel.errors import KeelError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise KeelError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1.0)
+
+
 def run_demo(settings: Settings, transactions: int = 100_000, model: str = "fraud",
-             feature_service: str = "fraud_model_v1", echo: Echo = print) -> dict[str, object]:
+             feature_service: str = "fraud_model_v1", echo: Echo = print, drift: bool = True) -> dict[str, object]:
     from keel.features import store, training
     from keel.features.datagen import GenSpec, generate, write
     from keel.registry.client import Registry
@@ -61,6 +118,7 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     port = existing.port if existing else settings.serving_port
     step(f"serving champion v{champion.version} with KServe on port {port} (features looked up from Redis)")
     deployed = target.deploy(ServeSpec(model=model, alias="champion", runtime="kserve", port=port))
+    drift_report = _drift_loop(settings, model, ts, step) if drift else []
     recent = ts.frame.sort_values("event_timestamp").tail(5)
     instances = [{k: int(r[k]) for k in ts.entity_keys} | {"amount": float(r["amount"])} for _, r in recent.iterrows()]
     served = predict_local(settings, model, instances)
@@ -81,6 +139,7 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     lines += [
         f"  training set     {ts.snapshot}",
         f"  serving          {deployed.url}/v1/models/{model}:predict (v{served['version']}, {deployed.runtime})",
+        *drift_report,
         "  predictions",
     ]
     for inst, score, degraded in zip(instances, served["predictions"], served["degraded_rows"], strict=True):

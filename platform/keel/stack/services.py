@@ -58,6 +58,9 @@ scrape_configs:
     honor_labels: true
     static_configs:
       - targets: ["{s.host}:{s.pushgateway_port}"]
+  - job_name: keel-controller
+    static_configs:
+      - targets: ["{s.host}:{s.controller_port}"]
   - job_name: keel
     file_sd_configs:
       - files: ["{s.home}/prometheus/targets/*.json"]
@@ -66,13 +69,10 @@ scrape_configs:
 
 def _alertmanager_config(s: Settings) -> str:
     """monitoring/alertmanager.yml with the local controller's URL and token file filled in."""
-    token = s.home / "controller" / "token"
-    if not token.exists():  # the bearer token Alertmanager presents to the controller; never logged
-        import secrets
-
-        token.parent.mkdir(parents=True, exist_ok=True)
-        token.touch(mode=0o600)
-        token.write_text(secrets.token_urlsafe(32))
+    token = s.home / "alertmanager" / "controller.token"  # what Alertmanager presents; 0600, never logged
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.touch(mode=0o600)
+    token.write_text(s.token())
     text = (PROJECT_ROOT / "monitoring" / "alertmanager.yml").read_text()
     text = text.replace("__CONTROLLER_URL__", s.controller_url).replace("__CONTROLLER_TOKEN_FILE__", str(token))
     return "# Written by `keel up` from monitoring/alertmanager.yml; edits are overwritten.\n" + text
@@ -165,7 +165,46 @@ def build_services(s: Settings) -> dict[str, Service]:
             prepare=am_prepare,
         ),
     ]
+    if s.retraining:
+        services += retraining_services(s)
     return {svc.name: svc for svc in services}
+
+
+def retraining_services(s: Settings) -> list[Service]:
+    """Airflow (standalone, its own venv, loopback, modest parallelism) and the keel controller."""
+    home, h = s.home, s.host
+    airflow_venv = PROJECT_ROOT / ".venv-airflow" / "bin"
+
+    def airflow_prepare() -> None:
+        (home / "airflow").mkdir(parents=True, exist_ok=True)
+
+    airflow_env = {
+        **s.as_env(),
+        "PATH": f"{airflow_venv}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{s.airflow_username}:admin",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{h}:{s.airflow_port}/execution/",
+        "AIRFLOW__API__HOST": h,
+        "AIRFLOW__API__PORT": str(s.airflow_port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(s.airflow_port + 1),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(s.airflow_port + 2),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "KEEL_CORE_PYTHON": sys.executable,
+        "NO_PROXY": "*",
+    }
+    return [
+        Service("airflow", s.airflow_port, f"http://{h}:{s.airflow_port}",
+                [str(airflow_venv / "airflow"), "standalone"], "http:/api/v2/monitor/health", env=airflow_env,
+                prepare=airflow_prepare),
+        Service("controller", s.controller_port, f"http://{h}:{s.controller_port}",
+                [_venv_bin("keel"), "controller", "--host", h, "--port", str(s.controller_port)], "http:/healthz",
+                env={**s.as_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}),
+    ]
 
 
 DEPLOYMENT_PREFIX = "serve-"

@@ -1,0 +1,1 @@
+"""The keel controller: Alertmanager webhooks in, deduplicated and durable retraining triggers out."""

@@ -1,0 +1,217 @@
+"""The controller's HTTP service and its worker.
+
+``POST /v1/alerts`` takes Alertmanager's webhook payload; firing ``KeelDatasetDrift`` alerts become
+retraining triggers (deduplicated per model, see ``queue``). ``POST /v1/retrain`` is the CLI's manual
+path into the same queue. Both need ``Authorization: Bearer <token>``; ``/healthz`` and ``/metrics`` do
+not. A worker thread submits due triggers to Airflow (backing off while it is down) and follows the
+runs to their end; every step is an audit record.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from keel.controller.airflow import Airflow, AirflowError
+from keel.controller.queue import Trigger, TriggerQueue
+from keel.registry.audit import AuditLog, AuditRecord
+
+log = logging.getLogger("keel.controller")
+RETRAIN_ALERTS = ("KeelDatasetDrift",)  # KeelDriftJobStale is category drift too, but retraining won't fix it
+
+
+def dag_id(model: str) -> str:
+    return f"keel_retrain__{model}"
+
+
+class Controller:
+    def __init__(self, queue: TriggerQueue, airflow: Airflow, audit: AuditLog, actor: str = "keel-controller",
+                 known_models: Any = None) -> None:
+        self.queue, self.airflow, self.audit, self.actor = queue, airflow, audit, actor
+        self.known_models = known_models  # callable returning model names, or None to accept any
+        self.metrics = CollectorRegistry()
+        self.alerts = Counter("keel_controller_alerts_total", "Alerts received, by what came of them", ["outcome"],
+                              registry=self.metrics)
+        self.submissions = Counter("keel_controller_submissions_total", "DAG-run submissions to Airflow",
+                                   ["outcome"], registry=self.metrics)
+        self.runs = Counter("keel_retrain_runs_total", "Retraining DAG runs by outcome", ["model", "outcome"],
+                            registry=self.metrics)
+        Gauge("keel_controller_triggers_pending", "Triggers waiting for Airflow", registry=self.metrics
+              ).set_function(self.queue.pending_count)
+        self._stop = threading.Event()
+
+    # -- requests ------------------------------------------------------------------------------
+    def request(self, model: str, reason: str, source: str, fingerprint: str, actor: str) -> tuple[Trigger, bool]:
+        trigger, new = self.queue.offer(model, reason, source, fingerprint)
+        self.alerts.labels("queued" if new else "duplicate").inc()
+        self.audit.append(AuditRecord(action="retrain-requested" if new else "retrain-deduplicated", model=model,
+                                      alias="", from_version=None, to_version=None, actor=actor, reason=reason,
+                                      details={"trigger": trigger.id, "source": source, "fingerprint": fingerprint}))
+        return trigger, new
+
+    def on_alerts(self, payload: Any) -> list[dict[str, Any]]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            raise ValueError("body: expected Alertmanager's webhook payload with an 'alerts' list")
+        out = []
+        for i, alert in enumerate(payload["alerts"]):
+            labels = alert.get("labels") if isinstance(alert, dict) else None
+            if not isinstance(labels, dict):
+                raise ValueError(f"alerts[{i}].labels: expected an object")
+            name, model = labels.get("alertname"), labels.get("model")
+            if alert.get("status") != "firing" or name not in RETRAIN_ALERTS or not model:
+                self.alerts.labels("ignored").inc()
+                continue
+            summary = (alert.get("annotations") or {}).get("summary", name)
+            trigger, new = self.request(str(model), f"{name}: {summary}", "alertmanager",
+                                        str(alert.get("fingerprint", "")), self.actor)
+            out.append({"model": model, "trigger": trigger.id, "new": new, "state": trigger.state})
+        return out
+
+    # -- worker --------------------------------------------------------------------------------
+    def work_once(self) -> None:
+        for t in self.queue.due():
+            try:
+                self.airflow.trigger(dag_id(t.model), t.run_id, {"reason": t.reason, "trigger": t.id})
+            except AirflowError as exc:
+                delay = self.queue.retry_later(t, str(exc))
+                self.submissions.labels("retry").inc()
+                log.warning("trigger %s for %s kept; retrying in %.0fs: %s", t.id, t.model, delay, exc)
+                continue
+            self.queue.submitted(t)
+            self.submissions.labels("accepted").inc()
+            self.audit.append(AuditRecord(action="retrain-triggered", model=t.model, alias="", from_version=None,
+                                          to_version=None, actor=self.actor, reason=t.reason,
+                                          details={"trigger": t.id, "dag_run_id": t.run_id, "dag": dag_id(t.model)}))
+        for t in self.queue.running():
+            try:
+                state = self.airflow.run_state(dag_id(t.model), t.run_id)
+            except AirflowError:
+                continue
+            if state in ("success", "failed"):
+                self.queue.finished(t, "done" if state == "success" else "failed")
+                self.runs.labels(t.model, "completed" if state == "success" else "failed").inc()
+                self.audit.append(AuditRecord(action=f"retrain-{'completed' if state == 'success' else 'failed'}",
+                                              model=t.model, alias="", from_version=None, to_version=None,
+                                              actor=self.actor, reason=t.reason,
+                                              details={"trigger": t.id, "dag_run_id": t.run_id}))
+
+    def run_worker(self, every_s: float = 2.0) -> threading.Thread:
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self.work_once()
+                except Exception:  # the worker must outlive any one bad round
+                    log.exception("controller worker round failed")
+
+        thread = threading.Thread(target=loop, name="keel-controller-worker", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "keel-controller"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug(fmt, *args)
+
+        def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            ok = given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())
+            if not ok:
+                self._send(401, {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"})
+            return ok
+
+        def _json(self) -> Any:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n > 1_000_000:
+                raise ValueError(f"body: {n} bytes is too large (at most 1000000)")
+            try:
+                return json.loads(self.rfile.read(n) or b"null")
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"body: not JSON ({exc.msg} at position {exc.pos})") from None
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/healthz":
+                self._send(200, {"status": "ok", "pending": controller.queue.pending_count()})
+            elif url.path == "/metrics":
+                self._send(200, generate_latest(controller.metrics), "text/plain; version=0.0.4")
+            elif url.path == "/v1/triggers":
+                if self._authorized():
+                    model = (parse_qs(url.query).get("model") or [None])[0]
+                    self._send(200, [t.__dict__ | {"run_id": t.run_id} for t in controller.queue.all(model)])
+            else:
+                self._send(404, {"error": f"no route {url.path}; try /healthz, /metrics, /v1/alerts, /v1/retrain"})
+
+        def do_POST(self) -> None:
+            path = urlparse(self.path).path
+            if path not in ("/v1/alerts", "/v1/retrain"):
+                self._send(404, {"error": f"no route {path}"})
+                return
+            if not self._authorized():
+                return
+            try:
+                body = self._json()
+                if path == "/v1/alerts":
+                    self._send(202, {"triggers": controller.on_alerts(body)})
+                    return
+                if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+                    raise ValueError("model: expected a non-empty string")
+                known = controller.known_models() if controller.known_models else None
+                if known is not None and body["model"] not in known:
+                    self._send(404, {"error": f"unknown model '{body['model']}'; valid choices: "
+                                              f"{', '.join(sorted(known)) or '(none registered)'}"})
+                    return
+                trigger, new = controller.request(body["model"], str(body.get("reason") or "manual retrain"),
+                                                  "cli", "", str(body.get("actor") or "unknown"))
+                self._send(202 if new else 200, {"trigger": trigger.id, "new": new, "state": trigger.state,
+                                                 "run_id": trigger.run_id})
+            except ValueError as exc:
+                self._send(400, {"error": str(exc)})
+
+    return Handler
+
+
+def serve(controller: Controller, host: str, port: int, token: str) -> ThreadingHTTPServer:
+    if not token:
+        raise ValueError("the controller needs a bearer token (KEEL_CONTROLLER_TOKEN or KEEL_HOME/controller/token)")
+    server = ThreadingHTTPServer((host, port), make_handler(controller, token))
+    server.daemon_threads = True
+    return server
+
+
+def wait_forever(server: ThreadingHTTPServer, controller: Controller) -> None:
+    """Serve until SIGTERM/SIGINT, then stop the worker and close the queue."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = controller.run_worker()
+    threading.Thread(target=server.serve_forever, name="keel-controller-http", daemon=True).start()
+    stop.wait()
+    server.shutdown()
+    controller.stop()
+    worker.join(timeout=10)
+    controller.queue.close()
+    time.sleep(0)
