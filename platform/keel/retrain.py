@@ -16,8 +16,8 @@ from typing import Any
 from keel.config import Settings, load_settings
 from keel.errors import GateRefusedError, KeelError
 
-DEFAULTS = {"feature_service": "fraud_model_v1", "train": "keel.train:train_fraud_model", "canary_percent": 10,
-            "smoke_requests": 20, "labels": None}
+DEFAULTS = {"feature_service": "fraud_model_v1", "train": "keel.train:train_fraud_model", "params": {},
+            "canary_percent": 10, "smoke_requests": 20, "labels": None}
 
 
 def validate_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
@@ -34,6 +34,8 @@ def validate_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
     n = out["smoke_requests"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise KeelError(f"conf smoke_requests={n!r}: expected a positive integer")
+    if not isinstance(out["params"], dict):
+        raise KeelError(f"conf params={out['params']!r}: expected an object of keyword arguments for the entry point")
     if not isinstance(out["train"], str) or ":" not in out["train"]:
         raise KeelError(f"conf train={out['train']!r}: expected 'module:function'")
     return out
@@ -56,7 +58,7 @@ def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> 
     registry = Registry(settings)
     labels = conf["labels"] or settings.data_dir / "transactions.parquet"
     ts = training.build(settings, conf["feature_service"], labels)
-    trained = _entry_point(conf["train"])(ts)
+    trained = _entry_point(conf["train"])(ts, **conf["params"])
     v = registry.register(trained.model, model, ts, trained.holdout, trained.metrics, trained.params,
                           idempotency_key=run_id, reason=f"retrain {run_id}: {conf.get('reason', '')}".strip(),
                           actor="airflow")

@@ -1,0 +1,162 @@
+"""The closed loop with real services: a drift alert in the real Alertmanager -> the keel controller ->
+Airflow's REST API -> the retraining DAG (tasks in the core venv) -> registered, gated, promoted ->
+canary, smoke check, full rollout -> the new champion answers. Also: a worse challenger is refused, an
+Airflow outage keeps the trigger, duplicate alerts make one run, and a re-run registers nothing new."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from keel.config import Settings
+from keel.stack import Stack
+from keel.stack.supervisor import _group_members
+from tests.conftest import isolated_settings, run_keel
+
+MODEL = "fraud"  # dags/retrain.yaml declares its DAG
+END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(2.0)
+
+
+def _json(url: str, body: Any = None, token: str | None = None, method: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
+                                 method=method)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Its own stack with Airflow and the controller; fraud v1 trained, promoted and served."""
+    from keel.features import store, training
+    from keel.features.datagen import GenSpec, generate, write
+    from keel.registry.client import Registry
+    from keel.serving.deploy import LocalTarget
+    from keel.serving.spec import ServeSpec
+    from keel.train import train_fraud_model
+
+    s = isolated_settings(tmp_path_factory.mktemp("loop") / "keel", retraining=True, retrain_cooldown_s=0.0,
+                          actor="pytest", start_timeout=180.0)
+    st = Stack(s)
+    st.up()
+    pgids = st.pgids()
+    try:
+        paths = write(generate(GenSpec(transactions=8_000, customers=400, merchants=40, days=7, end=END)),
+                      s.data_dir)
+        store.apply(s)
+        store.materialize(s, end=END)
+        ts = training.build(s, "fraud_model_v1", pd.read_parquet(paths["transactions"]))
+        first = train_fraud_model(ts)
+        reg = Registry(s)
+        reg.register(first.model, MODEL, ts, first.holdout, first.metrics)
+        reg.promote(MODEL)
+        LocalTarget(s).deploy(ServeSpec(model=MODEL, port=s.serving_port))
+        yield s
+    finally:
+        for model in LocalTarget(s).specs():
+            LocalTarget(s).undeploy(model)
+        st.down()
+    assert not [p for g in pgids for p in _group_members(g)], "services left running after down()"
+
+
+def _triggers(s: Settings) -> list[dict[str, Any]]:
+    return _json(f"{s.controller_url}/v1/triggers?model={MODEL}", token=s.token())
+
+
+def _post_alert(s: Settings, fingerprint_hint: str) -> None:
+    now = datetime.now(UTC)
+    alert = {"labels": {"alertname": "KeelDatasetDrift", "category": "drift", "model": MODEL, "version": "1",
+                        "severity": "ticket", "test": fingerprint_hint},
+             "annotations": {"summary": f"Data drift on {MODEL} v1"},
+             "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=30)).isoformat()}
+    _json(f"{s.alertmanager_url}/api/v2/alerts", [alert], method="POST")
+
+
+def _finished(s: Settings, n: int) -> list[dict[str, Any]] | None:
+    t = _triggers(s)
+    return t if len(t) >= n and all(x["state"] in ("done", "failed") for x in t) else None
+
+
+def _actions(s: Settings) -> list[str]:
+    return [json.loads(line)["action"] for line in s.audit_log.read_text().splitlines()]
+
+
+def test_drift_alert_retrains_promotes_and_serves_the_new_champion(loop: Settings) -> None:
+    from keel.registry.client import Registry
+    from keel.serving.deploy import predict_local
+
+    s = loop
+    t0 = time.time()
+    _post_alert(s, "a")
+    _post_alert(s, "a")  # the same alert twice: one run
+    (trigger,) = _wait("the retrain to finish", lambda: _finished(s, 1), 420)
+    assert trigger["state"] == "done", trigger
+    reg = Registry(s)
+    assert reg.resolve(MODEL, "champion").version == "2"
+    answer = predict_local(s, MODEL, [{"customer_id": 1, "merchant_id": 1, "amount": 10.0}])
+    assert answer["version"] == "2"
+    actions = _actions(s)
+    for step in ("retrain-requested", "retrain-triggered", "register", "promote", "retrain-completed"):
+        assert step in actions, actions
+    assert actions.index("retrain-requested") < actions.index("retrain-triggered") < actions.rindex("promote") \
+        < actions.index("retrain-completed")
+    print(f"loop time alert -> new champion serving: {time.time() - t0:.0f}s")
+    runs = run_keel(["runs", MODEL, "-o", "json"], s)
+    assert runs.returncode == 0 and json.loads(runs.stdout)[0]["state"] == "done"
+
+
+def test_worse_challenger_is_refused_and_serving_is_unchanged(loop: Settings) -> None:
+    from keel.controller.airflow import Airflow
+    from keel.registry.client import Registry
+    from keel.serving.deploy import predict_local
+
+    s = loop
+    reg = Registry(s)
+    before = reg.resolve(MODEL, "champion").version
+    af = Airflow(s.airflow_api, s.airflow_username, s.airflow_secret)
+    run_id = f"weak__{int(time.time())}"
+    af.trigger(f"keel_retrain__{MODEL}", run_id, {"params": {"n_estimators": 1, "max_depth": 1}})
+    state = _wait("the weak run to end", lambda: (st := af.run_state(f"keel_retrain__{MODEL}", run_id))
+                  in ("success", "failed") and st, 420)
+    assert state == "success"
+    assert reg.resolve(MODEL, "champion").version == before
+    assert predict_local(s, MODEL, [{"customer_id": 1, "merchant_id": 1, "amount": 10.0}])["version"] == before
+    assert "promote-refused" in _actions(s)
+    # re-running the same run registers nothing new: clear it and let Airflow run it again
+    versions = {v.version for v in reg.client.search_model_versions(f"name='{MODEL}'")}
+    af._call("POST", f"/api/v2/dags/keel_retrain__{MODEL}/clearTaskInstances",
+             {"dag_run_id": run_id, "dry_run": False, "only_failed": False, "reset_dag_runs": True})
+    _wait("the re-run to end", lambda: af.run_state(f"keel_retrain__{MODEL}", run_id) in ("success", "failed"), 420)
+    assert {v.version for v in reg.client.search_model_versions(f"name='{MODEL}'")} == versions
+
+
+def test_an_alert_during_an_airflow_outage_fires_once_airflow_is_back(loop: Settings) -> None:
+    s = loop
+    st = Stack(s)
+    st.stop("airflow")
+    n = len(_triggers(s))
+    _post_alert(s, "outage")
+    pending = _wait("the trigger to be queued and retried", lambda: [
+        t for t in _triggers(s)[n:] if t["state"] == "pending" and t["attempts"] >= 1], 60)
+    assert "unreachable" in pending[0]["error"] or "HTTP" in pending[0]["error"]
+    st.up(["airflow"])
+    done = _wait("the kept trigger to run", lambda: _finished(s, n + 1), 480)
+    assert done[-1]["id"] == pending[0]["id"] and done[-1]["state"] == "done"
