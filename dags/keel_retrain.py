@@ -21,31 +21,32 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponentia
            "max_retry_delay": timedelta(minutes=10)}
 
 
-def _validate(model: str, run_id: str, conf: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+# Parameter names avoid Airflow's context keys (run_id, conf, ...), which it reserves.
+def _validate(model: str, rid: str, run_conf: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     from keel.retrain import validate_conf
 
-    return validate_conf({**defaults, **(conf or {})})
+    return validate_conf({**defaults, **(run_conf or {})})
 
 
-def _train(model: str, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+def _train(model: str, rid: str, run_conf: dict[str, Any]) -> dict[str, Any]:
     from keel.config import load_settings
     from keel.retrain import train
 
-    return train(load_settings(), model, run_id, conf)
+    return train(load_settings(), model, rid, run_conf)
 
 
-def _gate(model: str, run_id: str, trained: dict[str, Any]) -> dict[str, Any]:
+def _gate(model: str, rid: str, trained: dict[str, Any]) -> dict[str, Any]:
     from keel.config import load_settings
     from keel.retrain import gate
 
-    return gate(load_settings(), model, run_id, trained["version"])
+    return gate(load_settings(), model, rid, trained["version"])
 
 
-def _rollout(model: str, run_id: str, decision: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
+def _rollout(model: str, rid: str, decision: dict[str, Any], run_conf: dict[str, Any]) -> dict[str, Any]:
     from keel.config import load_settings
     from keel.retrain import rollout
 
-    return rollout(load_settings(), model, run_id, decision, conf)
+    return rollout(load_settings(), model, rid, decision, run_conf)
 
 
 def _materialize() -> str:
