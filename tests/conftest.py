@@ -33,6 +33,7 @@ def free_ports(n: int) -> list[int]:
 def isolated_settings(home: Path, **extra: object) -> Settings:
     """Settings with their own state directory and unused ports, so tests never touch a user's stack."""
     ports = dict(zip(PORT_FIELDS, free_ports(len(PORT_FIELDS)), strict=True))
+    extra.setdefault("retraining", False)  # Airflow only where a test asks for it: it costs ~1 GB and 30 s
     return load_settings(home=home, **ports, **extra)
 
 
@@ -41,6 +42,8 @@ def keel_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update({"KEEL_HOME": str(settings.home), "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore"})
     for f in PORT_FIELDS:
         env[f"KEEL_{f.upper()}"] = str(getattr(settings, f))
+    env["KEEL_RETRAINING"] = str(settings.retraining).lower()
+    env["KEEL_START_TIMEOUT"] = str(settings.start_timeout)
     env.update(extra)
     return env
 

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     airflow_username: str = Field("keel", description="Airflow user the controller triggers DAG runs as")
     airflow_password: SecretStr | None = Field(
         None, description="its password; local default: the password file Airflow's simple auth manager writes")
-    retraining: bool = Field(False, description="`keel up` also starts Airflow and the keel controller")
+    retraining: bool = Field(True, description="`keel up` also starts Airflow and the keel controller")
     retrain_cooldown_s: float = Field(600.0, ge=0, description="seconds after a retrain before another for a model")
     promotion_metric: str = Field("roc_auc", description="holdout metric the promotion gate compares")
     promotion_tolerance: float = Field(0.0, ge=0.0, description="how much worse a challenger may be")

@@ -52,10 +52,53 @@ def _drift_loop(settings: Settings, model: str, ts: object, step: Callable[[str]
         alerts = _wait_for(firing, 180, "KeelDatasetDrift to fire")
     except KeelError as exc:
         return [f"  drift alert      not firing: {exc}"]
-    a = alerts[0]
+    a = alerts[0]  # type: ignore[index]
     step(f"alert firing: {a['alert']} ({a['severity']}) {a['summary']}")
-    return [f"  drift            {', '.join(result.drifted)} drifted; mlflow run {result.run_id}",
-            f"  alert            {a['alert']} firing since {a['since']}, in Alertmanager (`keel alerts`)"]
+    lines = [f"  drift            {', '.join(result.drifted)} drifted; mlflow run {result.run_id}",
+             f"  alert            {a['alert']} firing since {a['since']}, in Alertmanager (`keel alerts`)"]
+    if settings.retraining:
+        lines += _retrain_loop(settings, model, str(a["since"]), step)
+    return lines
+
+
+def _retrain_loop(settings: Settings, model: str, alert_since: str, step: Callable[[str], None]) -> list[str]:
+    """Alertmanager has sent the alert to the controller: follow its trigger through Airflow to the new
+    champion answering, and print the timeline."""
+    import json
+    import urllib.request
+    from datetime import UTC, datetime
+
+    from keel.errors import KeelError
+    from keel.serving.deploy import predict_local
+
+    def triggers() -> list[dict[str, object]]:
+        req = urllib.request.Request(f"{settings.controller_url}/v1/triggers?model={model}",
+                                     headers={"Authorization": f"Bearer {settings.token()}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    step("the controller received the alert; Airflow retrains, gates, promotes and rolls out (canary, then full)")
+    try:
+        done = _wait_for(lambda: [t for t in triggers() if t["state"] in ("done", "failed")], 600,
+                         "the retraining DAG run")
+    except KeelError as exc:
+        return [f"  retraining       not finished: {exc}"]
+    t = done[-1]  # type: ignore[index]
+    records = [json.loads(line) for line in settings.audit_log.read_text().splitlines()]
+    promoted = [r for r in records if r["action"] == "promote" and r["actor"] == "airflow"]
+    answer = predict_local(settings, model, [{"customer_id": 1, "merchant_id": 1, "amount": 10.0}])
+    served_at = datetime.now(UTC).isoformat(timespec="seconds")[:19]
+    triggered = next((r["time"][:19] for r in records if r["action"] == "retrain-triggered"), "-")
+    step(f"DAG run {t['run_id']} {t['state']}; the endpoint now answers with v{answer['version']}")
+    promotion = f"{promoted[-1]['time'][:19]} v{promoted[-1]['to_version']}" if promoted else "-"
+    return [
+        f"  retraining       DAG run {t['run_id']}: {t['state']} (`keel runs {model}`)",
+        "  timeline (UTC)",
+        f"    alert fired            {alert_since}",
+        f"    DAG run triggered      {triggered}",
+        f"    promoted               {promotion}",
+        f"    new version answering  {served_at} (v{answer['version']})",
+    ]
 
 
 def _wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -86,7 +129,8 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     def step(msg: str) -> None:
         echo(f"[{time.monotonic() - t0:6.1f}s] {msg}")
 
-    step("starting the local stack (MLflow, Redis, Prometheus, Pushgateway, Alertmanager)")
+    step("starting the local stack (MLflow, Redis, Prometheus, Pushgateway, Alertmanager"
+         + (", Airflow, keel controller)" if settings.retraining else ")"))
     Stack(settings).up()
     step(f"generating {transactions:,} labelled transactions and feature snapshots")
     spec = GenSpec(transactions=transactions, customers=max(500, transactions // 20))

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -161,3 +162,26 @@ def test_an_alert_during_an_airflow_outage_fires_once_airflow_is_back(loop: Sett
     st.up(["airflow"])
     done = _wait("the kept trigger to run", lambda: _finished(s, n + 1), 480)
     assert done[-1]["id"] == pending[0]["id"] and done[-1]["state"] == "done"
+
+
+def test_airflow_dags_test_of_the_materialize_dag(loop: Settings, tmp_path: Path) -> None:
+    """`airflow dags test` (no scheduler, its own SQLite) runs the DAG's task in the core venv against
+    the loop's stack."""
+    import subprocess
+
+    from tests.conftest import ROOT, keel_env
+
+    airflow = str(ROOT / ".venv-airflow" / "bin" / "airflow")
+    env = {**keel_env(loop), "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "KEEL_CORE_PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    proc = subprocess.run([airflow, "dags", "test", "keel_materialize"], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    runs = subprocess.run([airflow, "dags", "list-runs", "keel_materialize", "-o", "json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert runs.returncode == 0, runs.stderr[-2000:]
+    states = [r["state"] for r in json.loads(runs.stdout[runs.stdout.index("["):])]
+    assert states == ["success"], (proc.stdout + proc.stderr)[-3000:]
