@@ -553,7 +553,8 @@ def runs(ctx: click.Context, model: str, fmt: str) -> None:
 
     s = _settings(ctx)
     rows = [{"trigger": t["id"], "created": dt.fromtimestamp(t["created"], UTC).isoformat(timespec="seconds"),
-             "source": t["source"], "state": t["state"], "run_id": t["run_id"], "attempts": t["attempts"],
+             "source": t["source"], "state": t["state"], "outcome": t.get("outcome") or "-",
+             "run_id": t["run_id"], "attempts": t["attempts"],
              "reason": t["reason"]} for t in _controller_call(s, "GET", f"/v1/triggers?model={model}")]
     click.echo(render(rows, fmt) if rows or fmt != "table" else f"no retraining runs of {model}")
 

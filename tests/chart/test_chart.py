@@ -250,6 +250,11 @@ def test_controller_rbac_is_least_privilege(tmp_path: Path) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "keel-controller", "namespace": "ml"}]
     pod = one(docs, "Deployment", "keel-controller")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "keel-controller"
+    env = env_of(pod["containers"][0])
+    assert env["KEEL_AIRFLOW_PASSWORD"] == {"secretKeyRef": {"name": "keel-airflow", "key": "password"}}
+    assert env["KEEL_CONTROLLER_TOKEN"] == {"secretKeyRef": {"name": "keel-controller", "key": "token"}}
+    assert pod["containers"][0]["command"][:2] == ["keel", "controller"]
+    assert one(docs, "PersistentVolumeClaim", "keel-controller")  # the trigger queue survives restarts
     others = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment" and d is not None]
     assert all(p.get("automountServiceAccountToken") is False for p in others if p is not pod)
     assert not [d for d in render(tmp_path) if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]

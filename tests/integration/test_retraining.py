@@ -109,7 +109,7 @@ def test_drift_alert_retrains_promotes_and_serves_the_new_champion(loop: Setting
     _post_alert(s, "a")
     _post_alert(s, "a")  # the same alert twice: one run
     (trigger,) = _wait("the retrain to finish", lambda: _finished(s, 1), 420)
-    assert trigger["state"] == "done", trigger
+    assert (trigger["state"], trigger["outcome"]) == ("done", "promoted"), trigger
     reg = Registry(s)
     assert reg.resolve(MODEL, "champion").version == "2"
     answer = predict_local(s, MODEL, [{"customer_id": 1, "merchant_id": 1, "amount": 10.0}])
@@ -164,8 +164,8 @@ def test_an_alert_during_an_airflow_outage_fires_once_airflow_is_back(loop: Sett
     assert done[-1]["id"] == pending[0]["id"] and done[-1]["state"] == "done"
 
 
-def test_airflow_dags_test_of_the_materialize_dag(loop: Settings, tmp_path: Path) -> None:
-    """`airflow dags test` (no scheduler, its own SQLite) runs the DAG's task in the core venv against
+def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:
+    """`airflow dags test` (no scheduler, its own SQLite) runs each DAG's tasks in the core venv against
     the loop's stack."""
     import subprocess
 
@@ -177,11 +177,12 @@ def test_airflow_dags_test_of_the_materialize_dag(loop: Settings, tmp_path: Path
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300,
                              check=False)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
-    proc = subprocess.run([airflow, "dags", "test", "keel_materialize"], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    runs = subprocess.run([airflow, "dags", "list-runs", "keel_materialize", "-o", "json"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert runs.returncode == 0, runs.stderr[-2000:]
-    states = [r["state"] for r in json.loads(runs.stdout[runs.stdout.index("["):])]
-    assert states == ["success"], (proc.stdout + proc.stderr)[-3000:]
+    for dag in ("keel_materialize", f"keel_retrain__{MODEL}"):
+        proc = subprocess.run([airflow, "dags", "test", dag], env=env, capture_output=True, text=True,
+                              timeout=480, check=False)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        runs = subprocess.run([airflow, "dags", "list-runs", dag, "-o", "json"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert runs.returncode == 0, runs.stderr[-2000:]
+        states = [r["state"] for r in json.loads(runs.stdout[runs.stdout.index("["):])]
+        assert states == ["success"], (proc.stdout + proc.stderr)[-3000:]

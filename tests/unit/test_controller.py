@@ -35,6 +35,9 @@ class StandInAirflow:
     def run_state(self, dag: str, run_id: str) -> str:
         return self.runs[run_id]
 
+    def result(self, dag: str, run_id: str, task_id: str) -> Any:
+        return {"outcome": "promoted", "champion": "2"}
+
 
 def drift_alert(model: str = "fraud", fingerprint: str = "abc", status: str = "firing") -> dict[str, Any]:
     return {"status": status, "fingerprint": fingerprint,
@@ -118,7 +121,10 @@ def test_a_trigger_survives_an_airflow_outage_and_a_restart(controller: Any, tmp
     assert ctl.queue.all()[0].state == "running" and list(airflow.runs) == [t.run_id]
     airflow.runs[t.run_id] = "success"
     ctl.work_once()
-    assert ctl.queue.all()[0].state == "done"
+    assert (ctl.queue.all()[0].state, ctl.queue.all()[0].outcome) == ("done", "promoted")
+    _, text = call(f"{url}/metrics", token=None)
+    assert 'keel_retrain_runs_total{model="fraud",outcome="promoted"} 1.0' in text
+    assert 'keel_promotions_total{model="fraud"} 1.0' in text
 
 
 def test_cooldown_and_one_open_retrain_per_model(tmp_path: Path) -> None:
@@ -128,7 +134,7 @@ def test_cooldown_and_one_open_retrain_per_model(tmp_path: Path) -> None:
     assert q.offer("fraud", "r", "alertmanager", "b", now=5000.0) == (first, False)  # still pending
     assert q.offer("churn", "r", "cli", "", now=1000.0)[1]  # other models are independent
     q.submitted(first)
-    q.finished(first, "done")
+    q.finished(first, "done", "promoted")
     assert not q.offer("fraud", "r", "cli", "", now=1500.0)[1]  # within the cool-down
     assert q.offer("fraud", "r", "cli", "", now=1700.0)[1]
     q.close()

@@ -65,3 +65,9 @@ class Airflow:
     def runs(self, dag_id: str, limit: int = 20) -> list[dict[str, Any]]:
         body = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit={limit}&order_by=-run_after")
         return list(body.get("dag_runs", []))
+
+    def result(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        """A task's return value (its XCom), e.g. the rollout's outcome."""
+        body = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
+                                 f"return_value?deserialize=true")
+        return body.get("value") if isinstance(body, dict) else None

@@ -44,6 +44,10 @@ class Controller:
                                    ["outcome"], registry=self.metrics)
         self.runs = Counter("keel_retrain_runs_total", "Retraining DAG runs by outcome", ["model", "outcome"],
                             registry=self.metrics)
+        self.promotions = Counter("keel_promotions_total", "Champion changes by retraining", ["model"],
+                                  registry=self.metrics)
+        self.rollbacks = Counter("keel_rollbacks_total", "Champion rollbacks after a failed smoke check", ["model"],
+                                 registry=self.metrics)
         Gauge("keel_controller_triggers_pending", "Triggers waiting for Airflow", registry=self.metrics
               ).set_function(self.queue.pending_count)
         self._stop = threading.Event()
@@ -96,12 +100,30 @@ class Controller:
             except AirflowError:
                 continue
             if state in ("success", "failed"):
-                self.queue.finished(t, "done" if state == "success" else "failed")
-                self.runs.labels(t.model, "completed" if state == "success" else "failed").inc()
+                outcome = self._outcome(t) if state == "success" else "failed"
+                self.queue.finished(t, "done" if state == "success" else "failed", outcome)
+                self.runs.labels(t.model, outcome).inc()
+                if outcome == "promoted":
+                    self.promotions.labels(t.model).inc()
+                elif outcome == "rolled_back":
+                    self.rollbacks.labels(t.model).inc()
                 self.audit.append(AuditRecord(action=f"retrain-{'completed' if state == 'success' else 'failed'}",
                                               model=t.model, alias="", from_version=None, to_version=None,
                                               actor=self.actor, reason=t.reason,
-                                              details={"trigger": t.id, "dag_run_id": t.run_id}))
+                                              details={"trigger": t.id, "dag_run_id": t.run_id, "outcome": outcome}))
+
+    def _outcome(self, t: Trigger) -> str:
+        """promoted, refused or rolled_back: what the rollout task returned."""
+        try:
+            value = self.airflow.result(dag_id(t.model), t.run_id, "rollout")
+        except AirflowError:
+            return "completed"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return "completed"
+        return str(value.get("outcome", "completed")) if isinstance(value, dict) else "completed"
 
     def run_worker(self, every_s: float = 2.0) -> threading.Thread:
         def loop() -> None:

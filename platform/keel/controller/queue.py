@@ -20,7 +20,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triggers (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, reason TEXT NOT NULL, source TEXT NOT NULL,
     fingerprint TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
-    next_attempt REAL NOT NULL, dag_run_id TEXT, error TEXT, updated REAL NOT NULL
+    next_attempt REAL NOT NULL, dag_run_id TEXT, error TEXT, updated REAL NOT NULL, outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS triggers_model ON triggers (model, created);
 """
@@ -40,6 +40,7 @@ class Trigger:
     next_attempt: float
     dag_run_id: str | None
     error: str | None
+    outcome: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -58,7 +59,7 @@ class TriggerQueue:
 
     def _rows(self, sql: str, *args: object) -> list[Trigger]:
         cur = self._db.execute(f"SELECT id, model, reason, source, fingerprint, created, state, attempts, "
-                               f"next_attempt, dag_run_id, error FROM triggers {sql}", args)
+                               f"next_attempt, dag_run_id, error, outcome FROM triggers {sql}", args)
         return [Trigger(*r) for r in cur.fetchall()]
 
     def offer(self, model: str, reason: str, source: str, fingerprint: str,
@@ -71,9 +72,9 @@ class TriggerQueue:
             if latest and (latest[0].state in OPEN_STATES or now - latest[0].created < self.cooldown_s):
                 return latest[0], False
             t = Trigger(uuid.uuid4().hex[:12], model, reason, source, fingerprint, now, "pending", 0, now, None, None)
-            self._db.execute("INSERT INTO triggers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute("INSERT INTO triggers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (t.id, t.model, t.reason, t.source, t.fingerprint, t.created, t.state, t.attempts,
-                              t.next_attempt, t.dag_run_id, t.error, now))
+                              t.next_attempt, t.dag_run_id, t.error, now, None))
             return t, True
 
     def due(self, now: float | None = None) -> list[Trigger]:
@@ -101,8 +102,8 @@ class TriggerQueue:
         self._set(t.id, attempts=t.attempts + 1, next_attempt=now + delay, error=error[:500])
         return delay
 
-    def finished(self, t: Trigger, state: str, error: str | None = None) -> None:
-        self._set(t.id, state=state, error=error)
+    def finished(self, t: Trigger, state: str, outcome: str, error: str | None = None) -> None:
+        self._set(t.id, state=state, outcome=outcome, error=error)
 
     def _set(self, trigger_id: str, **cols: object) -> None:
         cols["updated"] = time.time()
