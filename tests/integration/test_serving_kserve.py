@@ -113,6 +113,7 @@ def test_v2_protocol_with_kserves_own_client(kserve_url: str, served_model: dict
                            {"name": "amount", "datatype": "FP64", "shape": [1], "data": [1.0]}]}, 400,
          "inputs.customer_id: missing"),
         ("unknown", {"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 1.0}]}, 404, "nosuch"),
+        ("v2", "Infinity", 400, "body"),  # found by the fuzz test: FastAPI's echo of inf made it a 500
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(kserve_url: str, path: str, body: object, status: int,

@@ -124,11 +124,26 @@ def _server_class() -> type:
             self._rest_server = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                                            self.http_port, grace_period=5, timeout_keep_alive=self.timeout_keep_alive)
             self._rest_server.config.host = self.host
+            _answer_bad_bodies_with_400()
             self.servers.append(self._rest_server.start())
             self.setup_event_loop()
             asyncio.run(self._serve())
 
     return LoopbackModelServer
+
+
+def _answer_bad_bodies_with_400() -> None:
+    """FastAPI answers a body that fails the V2 schema with 422 and echoes the input back; for a body like
+    ``Infinity`` that echo is not valid JSON and the answer becomes a 500. Name the failing fields instead."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve.model_server import app
+
+    async def handler(_: Any, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+        return JSONResponse(status_code=400, content={"error": "; ".join(parts) or "invalid request body"})
+
+    app.add_exception_handler(RequestValidationError, handler)
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
