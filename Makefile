@@ -13,7 +13,7 @@ help:
 	@echo "make demo   - set up, start the local stack and run the platform's main job"
 	@echo "make test   - set up and run lint + all tests (real services on loopback)"
 	@echo "make setup  - install venvs, system services, helm/kubectl (idempotent)"
-	@echo "make bench  - benchmarks (not part of test); results in bench/results/"
+	@echo "make bench  - benchmarks vs the peers' software (not part of test; BENCH=full for the record)"
 	@echo "make lint   - ruff"
 	@echo "make down   - stop the local stack"
 	@echo "make clean  - stop the stack and remove venvs and state"
@@ -30,9 +30,11 @@ test: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/python -m pytest
 
+# make bench [BENCH=full] [ONLY=online,saturation,materialize,pit,drift]
+BENCH ?= quick
 bench: setup
-	@$(VENV)/bin/python bench/serving.py
-	@$(VENV)/bin/python bench/drift.py
+	@bash platform/scripts/setup.sh bench
+	@$(VENV)/bin/python -m bench.run --profile $(BENCH) $(if $(ONLY),--only $(ONLY),)
 
 lint: setup
 	@$(VENV)/bin/ruff check .
@@ -48,6 +50,8 @@ lock: setup
 	  platform/locks/core.in -o platform/locks/core.txt --no-header --quiet
 	.keel/bootstrap/bin/uv pip compile --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  platform/locks/airflow.in -o platform/locks/airflow.txt --no-header --quiet
+	.keel/bootstrap/bin/uv pip compile --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  platform/locks/mlserver.in -o platform/locks/mlserver.txt --no-header --quiet
 
 # Operators the chart plugs into, pinned (see charts/keel/README.md). Needs network and a kube context;
 # never part of `make test`.

@@ -2,7 +2,7 @@
 # Installs everything keel needs on this machine, idempotently. Each step is skipped when a stamp
 # says its inputs (lock file hash, version) have not changed, so a second run takes seconds.
 #
-#   setup.sh [core|airflow|tools|system|all]   (default: all)
+#   setup.sh [core|airflow|tools|system|bench|all]   (default: all; bench is not part of all)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -86,10 +86,11 @@ case "$what" in
   core) setup_venv core .venv platform/locks/core.txt . platform/locks/torch.txt ;;
   airflow) setup_venv airflow .venv-airflow platform/locks/airflow.txt ;;
   tools) uv_bin >/dev/null; setup_tools ;;
+  bench) setup_venv mlserver .venv-mlserver platform/locks/mlserver.txt ;;  # peers' servers, for make bench
   all)
     setup_system
     setup_venv core .venv platform/locks/core.txt . platform/locks/torch.txt
     setup_venv airflow .venv-airflow platform/locks/airflow.txt
     uv_bin >/dev/null; setup_tools ;;
-  *) echo "setup: unknown step '$what'; expected one of: core, airflow, tools, system, all" >&2; exit 2 ;;
+  *) echo "setup: unknown step '$what'; expected one of: core, airflow, tools, system, bench, all" >&2; exit 2 ;;
 esac

@@ -1,0 +1,99 @@
+"""Load generators, each run in its own process (pinned away from the server under test).
+
+Open loop for latency: request *i* is due at ``t0 + i / rate`` whether or not earlier ones finished, and
+its latency counts from when it was due, so a stalled server is charged for the queue it causes
+(no coordinated omission). Closed loop for saturation: ``c`` clients each send the next request when
+the previous answer arrives, for a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.common import client_cpus, in_child
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+async def _open(url: str, bodies: list[bytes], rate: float) -> dict[str, Any]:
+    import aiohttp
+
+    lat: list[float] = []
+    errors: list[int] = []
+    conn = aiohttp.TCPConnector(limit=256, force_close=False)
+    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as s:
+        for b in bodies[:20]:  # warm connections (not counted)
+            async with s.post(url, data=b) as r:
+                await r.read()
+        t0 = time.perf_counter() + 0.05
+
+        async def one(i: int, body: bytes) -> None:
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with s.post(url, data=body) as r:
+                await r.read()
+                if r.status != 200:
+                    errors.append(r.status)
+            lat.append(time.perf_counter() - due)
+
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        wall = time.perf_counter() - t0
+    return {"n": len(lat), "errors": len(errors), "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99),
+            "achieved_rps": len(lat) / wall}
+
+
+async def _closed(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as s:
+        for b in bodies[:concurrency * 2]:
+            async with s.post(url, data=b) as r:
+                await r.read()
+        end = time.perf_counter() + seconds
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                async with s.post(url, data=bodies[i % len(bodies)]) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append(time.perf_counter() - t)
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"n": len(lat), "errors": errors, "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99),
+            "throughput_rps": len(lat) / wall}
+
+
+def _open_main(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[str, Any]]:
+    return [asyncio.run(_open(url, bodies, rate)) for bodies, rate in phases]
+
+
+def _closed_main(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    return asyncio.run(_closed(url, bodies, concurrency, seconds))
+
+
+def open_loop(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[str, Any]]:
+    """One child process runs each (requests, rate) phase in turn; a result per phase."""
+    res, _, _ = in_child(_open_main, url, phases, cpus=client_cpus())
+    return res
+
+
+def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    res, _, _ = in_child(_closed_main, url, bodies, concurrency, seconds, cpus=client_cpus())
+    return res

@@ -1,0 +1,197 @@
+"""Scenario 2: materialization, parquet → Redis, N entities × 50 Float64 features.
+
+- keel: ``keel.features.store.materialize`` (its default engine writes Feast's Redis layout directly);
+- Feast: the same function with ``engine="feast"``, i.e. Feast's own ``materialize`` (on a slice of the
+  entities, since it is orders of magnitude slower; compared by rows/s);
+- floor: the same hashes, pre-encoded before the clock starts, written with redis-py pipelines.
+
+Each run starts from an empty Redis and runs in a fresh process, so its peak memory is its own. After
+keel's run, Feast's ``get_online_features`` must read back exactly the source's values (a sample), and
+the floor's hashes must equal keel's byte for byte.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.common import Profile, Row, better_ratio, client_cpus, in_child, median, redis_server, say, server_cpus
+
+PROJECT, KEY = "keel_bench_mat", "user_id"
+
+
+def _features(n: int) -> list[str]:
+    return [f"f{i:02d}" for i in range(n)]
+
+
+def write_repo(root: Path, entities: int, nfeat: int, slice_rows: int, seed: int = 3) -> Path:
+    from bench.online import ROOT
+
+    rng = np.random.default_rng(seed)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    end = pd.Timestamp("2026-11-22T00:00:00Z").as_unit("us")
+    ev = end - pd.to_timedelta(rng.integers(60, 86_400, entities), unit="s")
+    df = pd.DataFrame({KEY: np.arange(entities, dtype="int64"), "event_timestamp": ev.as_unit("us")})
+    df["created"] = df["event_timestamp"]
+    for i, f in enumerate(_features(nfeat)):
+        col = rng.gamma(2.0 + i % 5, 3.0, entities)
+        if i % 10 == 9:  # some nulls: Feast's layout has a form for them too
+            col[rng.random(entities) < 0.01] = np.nan
+        df[f] = col
+    df.to_parquet(data / "full.parquet", index=False, row_group_size=100_000)
+    df.head(slice_rows).to_parquet(data / "slice.parquet", index=False)
+    repo = root / "repo"
+    repo.mkdir()
+    text = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    (repo / "feature_store.yaml").write_text(text.replace("project: keel_fraud", f"project: {PROJECT}"))
+    views = []
+    for name, file in (("bench_full", "full.parquet"), ("bench_slice", "slice.parquet")):
+        views.append(f'''\
+            {name} = FeatureView(name="{name}", entities=[user], ttl=timedelta(days=30), online=True,
+                schema=[Field(name=f"f{{i:02d}}", dtype=Float64) for i in range({nfeat})],
+                source=FileSource(name="{name}_src", path={str(data / file)!r}, timestamp_field="event_timestamp",
+                                  created_timestamp_column="created"))''')
+    (repo / "definitions.py").write_text(textwrap.dedent('''\
+        from datetime import timedelta
+
+        from feast import Entity, FeatureView, Field, FileSource
+        from feast.types import Float64
+        from feast.value_type import ValueType
+
+        user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+        ''') + "\n".join(textwrap.dedent(v) for v in views) + "\n")
+    return repo
+
+
+def _settings(home: str, repo: str, redis_addr: str) -> Any:
+    from keel.config import load_settings
+
+    port = redis_addr.split(":")[1]
+    return load_settings(home=Path(home), feature_repo=Path(repo), redis_port=int(port), pushgateway_port=1)
+
+
+def _materialize(home: str, repo: str, redis_addr: str, view: str, engine: str) -> None:
+    from keel.features import store
+
+    s = _settings(home, repo, redis_addr)
+    store.materialize(s, end=pd.Timestamp("2026-11-22T00:00:00Z").to_pydatetime(), views=[view], full=True,
+                      engine=engine)
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def _encoded(redis_addr: str, chunk: int = 2000) -> tuple[list[tuple[int, bytes]], dict[bytes, dict[bytes, bytes]]]:
+    """Every hash keel wrote, read back raw and packed as HSET commands, ``chunk`` per buffer: the floor
+    sends exactly these bytes. Also returns the hashes, to compare with what the floor leaves."""
+    import redis
+
+    host, port = redis_addr.split(":")
+    r = redis.Redis(host=host, port=int(port))
+    hashes = {key: r.hgetall(key) for key in r.scan_iter(count=10_000)}
+    cmds = [_resp(b"HSET", k, *[x for kv in sorted(v.items()) for x in kv]) for k, v in hashes.items()]
+    return [(len(cmds[i:i + chunk]), b"".join(cmds[i:i + chunk])) for i in range(0, len(cmds), chunk)], hashes
+
+
+def _floor(redis_addr: str, chunks_path: str) -> float:
+    """Pipelined HSETs with nothing left to do but send: the wire bytes are ready, replies are counted."""
+    import pickle
+    import socket
+    import time
+
+    with open(chunks_path, "rb") as f:
+        chunks: list[tuple[int, bytes]] = pickle.load(f)
+    host, port = redis_addr.split(":")
+    sock = socket.create_connection((host, int(port)))
+    t0 = time.perf_counter()
+    for expected, buf in chunks:
+        sock.sendall(buf)
+        replies = 0
+        while replies < expected:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            replies += data.count(b"\n")
+    seconds = time.perf_counter() - t0
+    sock.close()
+    return seconds
+
+
+def _flush(redis_addr: str) -> None:
+    import redis
+
+    host, port = redis_addr.split(":")
+    redis.Redis(host=host, port=int(port)).flushall()
+
+
+def _check_feast_reads(home: str, repo: str, redis_addr: str, view: str, data: Path, sample: int = 500) -> None:
+    from keel.features import store
+
+    s = _settings(home, repo, redis_addr)
+    fs = store.open_store(s)
+    src = pd.read_parquet(data)
+    rows = src.sample(n=min(sample, len(src)), random_state=0)
+    feats = [c for c in src.columns if c.startswith("f")]
+    got = fs.get_online_features(features=[f"{view}:{f}" for f in feats],
+                                 entity_rows=[{KEY: int(k)} for k in rows[KEY]]).to_df()
+    want = rows[feats].reset_index(drop=True)
+    if not np.allclose(got[feats].to_numpy(dtype="float64"), want.to_numpy(), equal_nan=True, rtol=0, atol=0):
+        raise AssertionError(f"Feast's get_online_features does not read back what keel wrote for {view}")
+
+
+def run(profile: Profile, tmp: Path) -> list[Row]:
+    import pickle
+
+    from keel.features import store
+
+    tmp.mkdir(parents=True)
+    n, nfeat = profile.mat_entities, profile.mat_features
+    say(f"materialize: writing {n:,} x {nfeat} parquet")
+    repo = write_repo(tmp, n, nfeat, profile.mat_feast_entities)
+    home = str(tmp / "keel")
+    rows: list[Row] = []
+    with redis_server(server_cpus()) as addr:
+        store.apply(_settings(home, str(repo), addr))
+        figures: dict[str, list[float]] = {"keel": [], "feast": [], "floor": []}
+        peaks: dict[str, list[float]] = {"keel": [], "feast": []}
+        for engine, view, count in (("keel", "bench_full", n), ("feast", "bench_slice", profile.mat_feast_entities)):
+            say(f"materialize: {engine} ({count:,} entities)")
+            for r in range(profile.runs + 1):  # first run is the warm-up
+                _flush(addr)
+                _, seconds, peak = in_child(_materialize, home, str(repo), addr, view, engine, cpus=client_cpus())
+                if r:
+                    figures[engine].append(count / seconds)
+                    peaks[engine].append(peak)
+            _check_feast_reads(home, str(repo), addr, view, tmp / "data" / ("full.parquet" if engine == "keel"
+                                                                            else "slice.parquet"))
+        _flush(addr)
+        in_child(_materialize, home, str(repo), addr, "bench_full", "keel", cpus=client_cpus())
+        chunks, keel_hashes = _encoded(addr)
+        with open(tmp / "chunks.pkl", "wb") as f:
+            pickle.dump(chunks, f)
+        del chunks
+        say("materialize: floor")
+        for r in range(profile.runs + 1):
+            _flush(addr)
+            seconds, _, _ = in_child(_floor, addr, str(tmp / "chunks.pkl"), cpus=client_cpus())
+            if r:
+                figures["floor"].append(n / seconds)
+        if _encoded(addr)[1] != keel_hashes:
+            raise AssertionError("the floor's hashes differ from keel's")
+    case = f"{n:,} entities x {nfeat} features (Feast: {profile.mat_feast_entities:,})"
+    keel, feast, fl = median(figures["keel"]), median(figures["feast"]), median(figures["floor"])
+    rows.append(Row("materialization", case, "keel", "rows/s", keel, "rows/s", figures["keel"], "Feast",
+                    better_ratio(keel, feast, False), ">= 20x Feast; >= 0.5x the floor",
+                    keel / feast >= 20 and keel / fl >= 0.5,
+                    f"{keel / fl:.2f}x the floor; peak RSS {median(peaks['keel']):.0f} MB"))
+    rows.append(Row("materialization", case, "feast materialize", "rows/s", feast, "rows/s", figures["feast"],
+                    note=f"peak RSS {median(peaks['feast']):.0f} MB"))
+    rows.append(Row("materialization", case, "floor (pre-encoded, redis-py pipelines)", "rows/s", fl, "rows/s",
+                    figures["floor"], note="excludes reading parquet and encoding"))
+    return rows

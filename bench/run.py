@@ -1,0 +1,114 @@
+"""`make bench`: every scenario against the peers' own software, in one run on this machine.
+
+    .venv/bin/python -m bench.run [--profile quick|full] [--only online,saturation,materialize,pit,drift]
+                                  [--runs N]
+
+Writes ``bench/results/<date>-<profile>.json`` (every run's figure, the machine, the versions) and the same
+table as markdown next to it, and prints the table. A scenario whose systems disagree on results fails
+the run before any speed is reported for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import PROFILES, Row, machine, say  # noqa: E402
+
+SCENARIOS = ("online", "saturation", "materialize", "pit", "drift")
+
+
+def _fmt(v: float) -> str:
+    if v >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v < 10 else f"{v:.1f}"
+
+
+def markdown(rows: list[Row], info: dict) -> str:
+    out = [f"# keel benchmarks — {info['when']} ({info['profile']} profile)", "",
+           f"Machine: {info['machine']['cores']} cores, {info['machine']['cpu']}, {info['machine']['memory_gib']} GiB, "
+           f"Python {info['machine']['python']}.", "",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in info["machine"]["versions"].items()), "",
+           f"Each figure is the median of {info['runs']} runs after a warm-up. Ratio: how many times better the row is "
+           "than its baseline (>1 is better).", ""]
+    scenario = None
+    for r in rows:
+        if r.scenario != scenario:
+            scenario = r.scenario
+            out += ["", f"## {scenario}", "", "| case | system | figure | ratio | goal | note |",
+                    "|---|---|---|---|---|---|"]
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x vs {r.baseline}"
+        goal = "" if r.goal is None else f"{r.goal}: **{'met' if r.met else 'missed'}**"
+        out.append(f"| {r.case} | {r.system} | {r.metric} {_fmt(r.value)} {r.unit} | {ratio} | {goal} | {r.note} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    ap.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    ap.add_argument("--runs", type=int, default=None, help="runs per figure (default: the profile's, >= 5)")
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in only if s not in SCENARIOS]
+    if bad:
+        print(f"bench: unknown scenario '{bad[0]}'; expected some of: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    profile = PROFILES[args.profile]
+    if args.runs:
+        profile = dataclasses.replace(profile, runs=args.runs)
+    began = time.monotonic()
+    info = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "profile": profile.name, "runs": profile.runs,
+            "sizes": dataclasses.asdict(profile), "machine": machine()}
+    rows: list[Row] = []
+    t = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    try:
+        if "online" in only or "saturation" in only:
+            from bench import online
+
+            with online.world(profile, t / "online") as w:
+                if "online" in only:
+                    rows += online.online(profile, w)
+                if "saturation" in only:
+                    rows += online.saturation(profile, w)
+        if "materialize" in only:
+            from bench import materialize
+
+            rows += materialize.run(profile, t / "materialize")
+        if "pit" in only:
+            from bench import pit
+
+            rows += pit.run(profile, t / "pit")
+        if "drift" in only:
+            from bench import drift
+
+            rows += drift.run(profile, t / "drift")
+    except BaseException:
+        say(f"failed; servers' logs and data are kept in {t}")
+        raise
+    shutil.rmtree(t, ignore_errors=True)
+    info["seconds"] = round(time.monotonic() - began, 1)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stem = f"{datetime.now(UTC):%Y-%m-%d}-{profile.name}"
+    (out / f"{stem}.json").write_text(json.dumps({**info, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+    md = markdown(rows, info)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    say(f"wrote bench/results/{stem}.json and .md in {info['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
