@@ -1,4 +1,4 @@
-"""A deliberately naive point-in-time join, row by row, to check Feast's answer against.
+"""A deliberately naive point-in-time join, row by row, to check both engines (keel's and Feast's) against.
 
 For each labelled event at time t and each feature view: among the entity's feature rows with
 event_timestamp <= t, created <= t (the row had arrived) and event_timestamp + ttl >= t (not expired),

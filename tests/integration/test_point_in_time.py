@@ -1,5 +1,7 @@
-"""Point-in-time correctness: Feast (DuckDB offline store, as keel drives it) equals a brute-force
-reference row for row, on random data built to contain ties, TTL expiry and late-arriving rows."""
+"""Point-in-time correctness: both engines of ``training.build`` -- keel's (``keel.features.pit``) and
+Feast's DuckDB offline store -- equal a brute-force reference row for row, on random data built to
+contain ties, TTL expiry and late-arriving rows, and equal each other exactly (columns, dtypes, values,
+hash), there and on the demo's generated data."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import pandas as pd
 import pytest
 
 from keel.config import Settings
-from keel.features import store, training
+from keel.errors import KeelError
+from keel.features import pit, store, training
 from keel.features.datagen import MERCHANT_FEATURES, PROFILE_FEATURES, SPEND_FEATURES, write
 from keel.stack import Stack
 from tests.integration.pit_reference import brute_force
@@ -52,8 +55,17 @@ def pit_settings(stack: Stack, stack_settings: Settings, tmp_path_factory: pytes
     return stack_settings.model_copy(update={"home": home})
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_training_set_equals_brute_force(pit_settings: Settings, seed: int) -> None:
+VIEWS = {"customer_spend": ("customer_id", timedelta(days=1), SPEND_FEATURES),
+         "customer_profile": ("customer_id", timedelta(days=30), PROFILE_FEATURES),
+         "merchant_risk": ("merchant_id", timedelta(days=7), MERCHANT_FEATURES)}
+FEATURES = [*SPEND_FEATURES, *PROFILE_FEATURES, *MERCHANT_FEATURES]
+_CASES: dict[int, tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame]] = {}
+
+
+def _case(seed: int) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame]:
+    """(feature tables, labelled events, brute-force answer) for a seed; computed once per session."""
+    if seed in _CASES:
+        return _CASES[seed]
     rng = np.random.default_rng(seed)
     span = 24 * 20
     int_cols = {"txn_count_1h", "txn_count_24h", "account_age_days", "chargebacks_90d", "merchant_txn_count_24h"}
@@ -71,33 +83,98 @@ def test_training_set_equals_brute_force(pit_settings: Settings, seed: int) -> N
     exact = pd.DataFrame({"customer_id": pick["customer_id"].to_numpy(), "merchant_id": 0, "amount": 10.0,
                           "event_timestamp": pick["event_timestamp"].to_numpy()})
     edge = exact.assign(event_timestamp=exact["event_timestamp"] + pd.Timedelta(days=1))
-    events = pd.concat([events, exact, edge, events.head(50)], ignore_index=True)  # and duplicate events
+    # and exactly when a row arrives (created == event time: inclusive too)
+    arrive = exact.assign(event_timestamp=pick["created"].to_numpy())
+    events = pd.concat([events, exact, edge, arrive, events.head(50)], ignore_index=True)  # and duplicate events
     events["transaction_id"] = np.arange(len(events), dtype="int64")
     events["is_fraud"] = rng.integers(0, 2, len(events)).astype("int64")
 
-    write({"customer_spend": spend, "customer_profile": profile, "merchant_risk": merchant},
-          pit_settings.data_dir)
-    store.apply(pit_settings)
-    got = training.build(pit_settings, "fraud_model_v1", events).frame
-
-    expected = brute_force(events, {
-        "customer_spend": (spend, "customer_id", timedelta(days=1), list(SPEND_FEATURES)),
-        "customer_profile": (profile, "customer_id", timedelta(days=30), list(PROFILE_FEATURES)),
-        "merchant_risk": (merchant, "merchant_id", timedelta(days=7), list(MERCHANT_FEATURES)),
-    })
-    got = got.sort_values("transaction_id").reset_index(drop=True)
-    expected = expected.sort_values("transaction_id").reset_index(drop=True)
-    assert len(got) == len(expected) == len(events)
-    cols = [*SPEND_FEATURES, *PROFILE_FEATURES, *MERCHANT_FEATURES]
-    # the data really exercises every case
+    tables = {"customer_spend": spend, "customer_profile": profile, "merchant_risk": merchant}
+    expected = brute_force(events, {v: (tables[v], key, ttl, list(feats)) for v, (key, ttl, feats) in VIEWS.items()})
+    # The data really exercises every case: nulls (expiry, unknown keys), values, and rows that arrived
+    # late enough to change answers (ignoring `created` -- a plain ASOF on event time -- gets these wrong).
     assert expected[list(SPEND_FEATURES)].isna().any(axis=1).sum() > 50
     assert expected[list(SPEND_FEATURES)].notna().all(axis=1).sum() > 500
-    mismatches = {c: int((~np.isclose(got[c].astype("float64"), expected[c].astype("float64"),
-                                      rtol=0, atol=1e-9, equal_nan=True)).sum()) for c in cols}
-    assert mismatches == dict.fromkeys(cols, 0)
+    ignoring_created = brute_force(events, {"customer_spend": (spend.assign(created=spend["event_timestamp"]),
+                                                               "customer_id", timedelta(days=1), list(SPEND_FEATURES))})
+    changed = ~np.isclose(ignoring_created["amount_mean_24h"], expected["amount_mean_24h"], equal_nan=True)
+    assert changed.sum() > 20
+    _CASES[seed] = (tables, events, expected)
+    return _CASES[seed]
 
 
-def test_late_rows_do_not_leak_into_earlier_events(pit_settings: Settings, tmp_path: Path) -> None:
+def _mismatches(got: pd.DataFrame, expected: pd.DataFrame) -> dict[str, int]:
+    got = got.sort_values("transaction_id").reset_index(drop=True)
+    expected = expected.sort_values("transaction_id").reset_index(drop=True)
+    assert len(got) == len(expected)
+    return {c: int((~np.isclose(got[c].astype("float64"), expected[c].astype("float64"),
+                                rtol=0, atol=1e-9, equal_nan=True)).sum()) for c in FEATURES}
+
+
+@pytest.mark.parametrize("engine", ["keel", "feast"])
+@pytest.mark.parametrize("seed", [11, 12])
+def test_training_set_equals_brute_force(pit_settings: Settings, seed: int, engine: str) -> None:
+    tables, events, expected = _case(seed)
+    write(tables, pit_settings.data_dir)
+    store.apply(pit_settings)
+    ts = training.build(pit_settings, "fraud_model_v1", events, engine=engine)
+    assert ts.engine == engine  # keel's engine ran, rather than falling back to Feast
+    assert len(ts.frame) == len(events)
+    assert _mismatches(ts.frame, expected) == dict.fromkeys(FEATURES, 0)
+
+
+def _assert_same_training_set(a: training.TrainingSet, b: training.TrainingSet) -> None:
+    """Identical frames: same columns in the same order, same dtypes, same values, same hash."""
+    assert list(a.frame.columns) == list(b.frame.columns)
+    assert a.frame.dtypes.to_dict() == b.frame.dtypes.to_dict()
+    cols = list(a.frame.columns)
+    left = a.frame.sort_values(cols, kind="mergesort").reset_index(drop=True)
+    right = b.frame.sort_values(cols, kind="mergesort").reset_index(drop=True)
+    pd.testing.assert_frame_equal(left, right, check_exact=True)
+    assert a.snapshot_hash == b.snapshot_hash == training.frame_hash(a.frame)
+    assert (a.features, a.entity_keys, a.definition_hash) == (b.features, b.entity_keys, b.definition_hash)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_engines_give_identical_training_sets(pit_settings: Settings, seed: int, tmp_path: Path) -> None:
+    tables, events, _ = _case(seed)
+    write(tables, pit_settings.data_dir)
+    store.apply(pit_settings)
+    for service in ("fraud_model_v1", "fraud_model_lite"):
+        keel = training.build(pit_settings, service, events, out_dir=tmp_path / "keel")
+        feast = training.build(pit_settings, service, events, out_dir=tmp_path / "feast", engine="feast")
+        assert (keel.engine, feast.engine) == ("keel", "feast")
+        _assert_same_training_set(keel, feast)
+        assert keel.snapshot.name == feast.snapshot.name
+
+
+def test_engines_agree_on_the_demo_data(training_set: training.TrainingSet, feature_data: dict[str, Path],
+                                        stack_settings: Settings, tmp_path: Path) -> None:
+    """The session's training set (keel's engine, generated fraud data) is Feast's, to the byte of its hash."""
+    events = pd.read_parquet(feature_data["transactions"])
+    assert training_set.engine == "keel"
+    _assert_same_training_set(training_set, training.build(stack_settings, "fraud_model_v1", events,
+                                                           out_dir=tmp_path, engine="feast"))
+    lite = [training.build(stack_settings, "fraud_model_lite", events, out_dir=tmp_path, engine=e)
+            for e in ("keel", "feast")]
+    _assert_same_training_set(*lite)
+
+
+def test_unsupported_requests_go_to_feast(pit_settings: Settings) -> None:
+    tables, events, _ = _case(11)
+    write(tables, pit_settings.data_dir)
+    store.apply(pit_settings)
+    fs = store.open_store(pit_settings)
+    service = store.feature_service(fs, "fraud_model_lite")
+    assert pit.is_keel_job(pit.get_historical_features(fs, events, service))
+    job = pit.get_historical_features(fs, events, service, filter_by_created_timestamp=False)
+    assert not pit.is_keel_job(job) and len(job.to_df()) == len(events)
+    with pytest.raises(KeelError, match="unknown engine 'spark'; valid choices: keel, feast"):
+        training.build(pit_settings, "fraud_model_lite", events, engine="spark")
+
+
+@pytest.mark.parametrize("engine", ["keel", "feast"])
+def test_late_rows_do_not_leak_into_earlier_events(pit_settings: Settings, tmp_path: Path, engine: str) -> None:
     """One customer: a value known at 10:00, a correction for 11:00 that only arrives at 15:00."""
     at = lambda h: pd.Timestamp(T0).as_unit("us") + pd.Timedelta(hours=h)  # noqa: E731
     spend = pd.DataFrame({"customer_id": [1, 1], "event_timestamp": [at(10), at(11)],
@@ -113,5 +190,6 @@ def test_late_rows_do_not_leak_into_earlier_events(pit_settings: Settings, tmp_p
     store.apply(pit_settings)
     events = pd.DataFrame({"customer_id": [1, 1], "merchant_id": [1, 1], "amount": [5.0, 5.0],
                            "event_timestamp": [at(12), at(16)], "is_fraud": [0, 1]})
-    got = training.build(pit_settings, "fraud_model_v1", events, out_dir=tmp_path).frame
-    assert got.sort_values("event_timestamp")["amount_mean_24h"].tolist() == [1, 2]
+    ts = training.build(pit_settings, "fraud_model_v1", events, out_dir=tmp_path, engine=engine)
+    assert ts.engine == engine
+    assert ts.frame.sort_values("event_timestamp")["amount_mean_24h"].tolist() == [1, 2]

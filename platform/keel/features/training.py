@@ -2,6 +2,10 @@
 
 The hash is over the rows in a canonical order, so the same labelled events and the same feature data
 give the same hash on any machine; it is what lineage records and what drift/retraining refer to.
+
+The join itself is keel's (``keel.features.pit``: DuckDB over the views' parquet, one sort per view)
+unless ``engine="feast"``; both give the same frame, so the same hash, and keel's engine hands
+anything it cannot reproduce exactly back to Feast.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pandas as pd
 
 from keel.config import Settings
 from keel.errors import KeelError
+from keel.features import pit
 from keel.features import store as fstore
 
 TIMESTAMP = "event_timestamp"
@@ -32,6 +37,7 @@ class TrainingSet:
     window_end: pd.Timestamp
     definition_hash: str
     feature_views: list[str]
+    engine: str                  # what computed the join: "keel", or "feast" (asked for, or fallen back to)
 
 
 def frame_hash(df: pd.DataFrame) -> str:
@@ -52,8 +58,11 @@ def _load_labels(labels: pd.DataFrame | str | Path) -> pd.DataFrame:
 
 
 def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str | Path,
-          label: str | None = "is_fraud", out_dir: Path | None = None) -> TrainingSet:
-    """Join labelled events to features as of each event's timestamp (Feast, DuckDB offline store)."""
+          label: str | None = "is_fraud", out_dir: Path | None = None, engine: str = "keel") -> TrainingSet:
+    """Join labelled events to features as of each event's timestamp, with Feast's DuckDB offline-store
+    semantics: computed by keel's engine (default) or by Feast itself (``engine="feast"``)."""
+    if engine not in pit.ENGINES:
+        raise KeelError(f"unknown engine '{engine}'; valid choices: {', '.join(pit.ENGINES)}")
     events = _load_labels(labels)
     store = fstore.open_store(settings)
     service = fstore.feature_service(store, feature_service)
@@ -73,7 +82,10 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
 
     # filter_by_created_timestamp: a feature row that *arrived* after the event was not in the online
     # store when the event was scored, so using it in training would leak the future.
-    job = store.get_historical_features(entity_df=events, features=service, filter_by_created_timestamp=True)
+    if engine == "keel":
+        job = pit.get_historical_features(store, events, service, filter_by_created_timestamp=True)
+    else:
+        job = store.get_historical_features(entity_df=events, features=service, filter_by_created_timestamp=True)
     df = job.to_df()
     features = [f.name for proj in service.feature_view_projections for f in proj.features]
     df = df.sort_values([TIMESTAMP, *entity_keys], kind="mergesort").reset_index(drop=True)
@@ -91,4 +103,5 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
         window_start=events[TIMESTAMP].min(), window_end=events[TIMESTAMP].max(),
         definition_hash=fstore.definition_hash(store, service),
         feature_views=sorted(p.name for p in service.feature_view_projections),
+        engine="keel" if pit.is_keel_job(job) else "feast",
     )
