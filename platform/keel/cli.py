@@ -170,15 +170,18 @@ def features_apply(ctx: click.Context) -> None:
 @click.option("--end", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]), help="default: now")
 @click.option("--view", "views", multiple=True, help="only these feature views")
 @click.option("--full", is_flag=True, help="reload each view's whole TTL window, not just what is new")
+@click.option("--engine", type=click.Choice(["keel", "feast"]), default="keel", show_default=True,
+              help="keel writes Feast's Redis layout itself; feast uses Feast's own (slower) materialization")
 @click.pass_context
-def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[str, ...], full: bool) -> None:
+def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[str, ...], full: bool,
+                         engine: str) -> None:
     """Incrementally load the online store (Redis) up to END, with progress."""
 
     from keel.features import store
 
     if end and end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
-    done = store.materialize(_settings(ctx), end, list(views) or None, full=full)
+    done = store.materialize(_settings(ctx), end, list(views) or None, full=full, engine=engine)
     click.echo(f"materialized up to {done.isoformat()}")
 
 

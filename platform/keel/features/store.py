@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import string
 import sys
@@ -147,14 +148,21 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
 
 
 def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None,
-                full: bool = False) -> datetime:
+                full: bool = False, engine: str = "keel") -> datetime:
     """Incremental materialization up to ``end`` (default now): each view resumes where it stopped.
 
     Unlike Feast's ``materialize_incremental``, a view's first run starts one TTL before ``end``
     rather than one TTL before the wall clock, so backfilling a past window loads what it should.
     ``full`` reloads each view's whole TTL window (after the offline data was rewritten, or the
     online store lost its data).
+
+    ``engine="keel"`` (default) writes Feast's Redis layout directly from the view's parquet source
+    (keel.features.online: the same bytes at >10x Feast's rows/s, about as fast as Redis takes them); a
+    view it does not handle (another source or store) goes through Feast, as does every view with
+    ``engine="feast"``.
     """
+    if engine not in ("keel", "feast"):
+        raise KeelError(f"unknown materialization engine '{engine}'; valid choices: feast, keel")
     check_online_store(settings)
     fs = open_store(settings)
     end = end or datetime.now(timezone.utc)
@@ -178,10 +186,23 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
         rows[name] = 0
         if start >= end:
             continue  # already loaded up to end
-        fs.materialize(start_date=start, end_date=end, feature_views=[name])
+        if engine == "feast" or not _materialize_fast(fs, fv, start, end):
+            fs.materialize(start_date=start, end_date=end, feature_views=[name])
         rows[name] = _source_rows(fv, start, end)
     _push_materialization(settings, end, rows, time.time() - began)
     return end
+
+
+def _materialize_fast(fs: FeatureStore, fv: Any, start: datetime, end: datetime) -> bool:
+    """keel's own writer of Feast's layout; False (nothing written) when the view needs Feast's path."""
+    from keel.features import online
+
+    try:
+        online.materialize_view(fs, fv, start, end)
+    except online.Unsupported as exc:
+        logging.getLogger("keel.features").info("%s: %s; materializing with Feast", fv.name, exc)
+        return False
+    return True
 
 
 def _source_rows(fv: Any, start: datetime, end: datetime) -> int:
@@ -199,8 +220,6 @@ def _source_rows(fv: Any, start: datetime, end: datetime) -> int:
 def _push_materialization(settings: Settings, end: datetime, rows: dict[str, int], duration: float) -> None:
     """Freshness gauges for the feature-store alerts and dashboard. A Pushgateway that is down costs a
     warning, not the materialization."""
-    import logging
-
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
     reg = CollectorRegistry()

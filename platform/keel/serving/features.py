@@ -84,8 +84,27 @@ class OnlineFeatures:
         self.defaults = defaults
         self.breaker = breaker or CircuitBreaker()
         self.cache = TTLCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self.reader = self._fast_reader(store)
+
+    def _fast_reader(self, store: Any) -> Any:
+        """keel's direct read of Feast's Redis layout (one HMGET per entity key, ~10x less Python than
+        get_online_features), on Feast's own client for the store: the timeouts and no-retry policy of
+        ``open_store(serving=True)`` apply unchanged. None (Feast's SDK path) for what it does not cover:
+        another online store, aliased or join-key-mapped projections."""
+        from keel.features.online import Reader, Unsupported
+
+        if any(p.name_alias or p.join_key_map for p in self.service.feature_view_projections):
+            return None
+        try:
+            return Reader(store, self.refs)
+        except Unsupported as exc:
+            log.info("online features through Feast's SDK: %s", exc)
+            return None
 
     def _from_store(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        if self.reader is not None:
+            got = self.reader.read_floats(rows)
+            return {name: got[name] for name in self.base}
         keys = [{k: r[k] for k in self.entity_keys} for r in rows]
         out = self.store.get_online_features(features=self.refs, entity_rows=keys).to_dict()
         return {name: _floats(out[name]) for name in self.base}
