@@ -85,3 +85,24 @@ def test_labels_missing_a_needed_column(feature_data: dict[str, Path], stack_set
     events = pd.read_parquet(feature_data["transactions"]).head(10).drop(columns=["amount"])
     with pytest.raises(Exception, match="lack column\\(s\\) amount"):
         training.build(stack_settings, "fraud_model_v1", events)
+
+
+def test_apply_of_a_second_repo_in_one_process_reads_its_own_definitions(
+        feature_data: dict[str, Path], stack_settings: Settings, tmp_path: Path) -> None:
+    """Every Feast repo has a definitions.py: applying another repo after keel's must not reuse the
+    module Python cached for the first one (the controller and the benchmarks apply several)."""
+    repo = tmp_path / "other_repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(
+        (stack_settings.feature_repo / "feature_store.yaml").read_text().replace("keel_fraud", "other"))
+    (repo / "definitions.py").write_text(
+        "from datetime import timedelta\n"
+        "from feast import Entity, FeatureView, Field, FileSource\n"
+        "from feast.types import Float64\n"
+        "from feast.value_type import ValueType\n"
+        "thing = Entity(name='thing', join_keys=['thing_id'], value_type=ValueType.INT64)\n"
+        f"other_fv = FeatureView(name='other_fv', entities=[thing], ttl=timedelta(days=1), online=False,\n"
+        "    schema=[Field(name='x', dtype=Float64)],\n"
+        f"    source=FileSource(path={str(tmp_path / 'x.parquet')!r}, timestamp_field='ts'))\n")
+    names = store.apply(stack_settings.model_copy(update={"feature_repo": repo, "home": tmp_path / "home"}))
+    assert names == ["other_fv"]

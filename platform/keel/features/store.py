@@ -99,9 +99,14 @@ def _definitions_see(settings: Settings):
     repo = str(settings.feature_repo)
     cwd = os.getcwd()
     # Feast imports repo files as top-level modules relative to the CWD; drop cached ones so a
-    # second apply in one process (tests, controller) re-reads them with these settings.
-    for mod in [m for m, v in sys.modules.items() if str(getattr(v, "__file__", "") or "").startswith(repo + os.sep)]:
-        del sys.modules[mod]
+    # second apply in one process (tests, controller) re-reads them with these settings, and so a
+    # same-named module of another repo (every repo has a definitions.py) is not taken for this one's.
+    names = {p.stem for p in Path(repo).glob("*.py")}
+    installed = (sys.prefix, sys.base_prefix)
+    for mod, v in list(sys.modules.items()):
+        file = str(getattr(v, "__file__", "") or "")
+        if file.startswith(repo + os.sep) or (mod in names and file and not file.startswith(installed)):
+            del sys.modules[mod]
     os.chdir(repo)
     sys.path.insert(0, repo)
     try:
