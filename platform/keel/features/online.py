@@ -809,12 +809,29 @@ class Reader:
         built per entity key group rather than one per feature."""
         out: dict[str, np.ndarray] = {}
         for g, per_row in zip(self.groups, self.fetch(entity_rows), strict=True):
+            mat = _all_doubles(per_row, g.count)
+            if mat is not None:
+                for j, (name, _) in enumerate(g.outputs):
+                    out[name] = mat[:, j]
+                continue
             types = [vt for _, vt in g.outputs]
             mat = np.array([[decode_value(v, vt) for v, vt in zip(values, types, strict=True)] for values in per_row],
                            dtype=np.float64).reshape(len(per_row), g.count)
             for j, (name, _) in enumerate(g.outputs):
                 out[name] = mat[:, j]
         return out
+
+
+def _all_doubles(per_row: list[list[bytes | None]], count: int) -> np.ndarray | None:
+    """Rows × fields as float64 when every value is a stored double (tag 0x29 + 8 bytes, the common
+    case for numeric features): one join and one view instead of a decode per value. None otherwise."""
+    flat = [v for values in per_row for v in values]
+    if not flat or None in flat or set(map(len, flat)) != {9}:
+        return None
+    raw = np.frombuffer(b"".join(flat), dtype=np.uint8).reshape(len(flat), 9)
+    if not (raw[:, 0] == 0x29).all():
+        return None
+    return raw[:, 1:].copy().view("<f8").reshape(len(per_row), count)
 
 
 def read(store: FeatureStore, feature_refs: Sequence[str], entity_rows: Sequence[Mapping[str, Any]],

@@ -99,6 +99,13 @@ class ModelRunner:
 
         return scores(self.model, X)
 
+    def score_lookup(self, lookup: Any, features: list[str]) -> np.ndarray:
+        """Scores straight from the looked-up columns: a float32 matrix for the booster (no DataFrame),
+        the DataFrame the model was trained on for everything else."""
+        if self._booster is not None:
+            return np.asarray(self._booster.inplace_predict(lookup.matrix(features), validate_features=False))
+        return self.scores(lookup.frame[features])
+
 
 class Predictor:
     def __init__(self, name: str, version: str, runner: ModelRunner, online: OnlineFeatures, features: list[str],
@@ -151,7 +158,7 @@ class Predictor:
         row = {**dict.fromkeys(self.online.entity_keys, 0), **dict.fromkeys(self.online.request_fields, 0.0)}
         for _ in range(rounds):
             lookup = self.online.fetch([row])
-            self.runner.scores(lookup.frame[self.features])
+            self.runner.score_lookup(lookup, self.features)
 
     # -- input ----------------------------------------------------------------------------------
     @property
@@ -193,8 +200,7 @@ class Predictor:
         rows = self.validate(instances)
         lookup = self.online.fetch(rows)
         t1 = time.perf_counter()
-        X = lookup.frame[self.features]
-        scores = self.runner.scores(X)
+        scores = self.runner.score_lookup(lookup, self.features)
         t2 = time.perf_counter()
         n = len(rows)
         if lookup.degraded.any():
@@ -207,16 +213,16 @@ class Predictor:
         result = Result(self.name, self.version, [float(s) for s in scores], lookup.degraded.tolist(), role,
                         request_id or uuid.uuid4().hex)
         if self.predlog is not None and self.predlog.sampled():
-            self._log(result, rows, X)
+            self._log(result, rows, lookup)
         return result
 
-    def _log(self, result: Result, rows: list[dict[str, Any]], X: Any) -> None:
+    def _log(self, result: Result, rows: list[dict[str, Any]], lookup: Any) -> None:
         ts = now()
-        feats = X.to_dict("records")
+        cols = {f: lookup.columns[f].tolist() for f in self.features}
         recs = []
         for i, row in enumerate(rows):
             recs.append({"request_id": result.request_id, "model": self.name, "version": self.version,
-                         "role": result.role, "timestamp": ts, **row, **feats[i],
+                         "role": result.role, "timestamp": ts, **row, **{f: v[i] for f, v in cols.items()},
                          "prediction": result.scores[i], "degraded": result.degraded[i]})
         before = self.predlog.dropped
         self.predlog.add(recs)

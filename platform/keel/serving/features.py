@@ -26,9 +26,23 @@ log = logging.getLogger("keel.serving")
 
 @dataclass
 class Lookup:
-    frame: pd.DataFrame      # one row per entity: base + on-demand features (+ request fields)
-    degraded: np.ndarray     # bool per row: defaults were used
-    reason: str | None       # why, when any row is degraded
+    columns: dict[str, np.ndarray]  # per name, one float64 value per entity: base + on-demand (+ request)
+    degraded: np.ndarray            # bool per row: defaults were used
+    reason: str | None              # why, when any row is degraded
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The columns as a DataFrame: for models that take one (building it costs more than the Redis
+        round trip for a single entity, so the XGBoost path never asks)."""
+        return pd.DataFrame(self.columns, copy=False)
+
+    def matrix(self, names: list[str], dtype: str = "float32") -> np.ndarray:
+        """Rows × ``names``, in that order, without pandas."""
+        n = len(self.degraded)
+        out = np.empty((n, len(names)), dtype=dtype)
+        for j, name in enumerate(names):
+            out[:, j] = self.columns[name]
+        return out
 
 
 class TTLCache:
@@ -113,9 +127,8 @@ class OnlineFeatures:
         return {name: np.full(n, np.nan if self.defaults.get(name) is None else self.defaults[name], dtype="float64")
                 for name in self.base}
 
-    def _frame(self, base: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Base + request + on-demand columns, built in one DataFrame construction (column-by-column
-        inserts cost more than the Redis round trip)."""
+    def _columns(self, base: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Base + request + on-demand columns (pandas only for pandas-mode on-demand views)."""
         data = dict(base)
         for f in self.request_fields:
             data[f] = np.fromiter((float(r[f]) for r in rows), dtype="float64", count=len(rows))
@@ -131,7 +144,7 @@ class OnlineFeatures:
                 frame_out = od.feature_transformation.udf(inputs.copy())
                 for col in frame_out.columns:
                     data[col] = frame_out[col].to_numpy(dtype="float64")
-        return pd.DataFrame(data, copy=False)
+        return data
 
     def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
         n = len(rows)
@@ -172,7 +185,7 @@ class OnlineFeatures:
                     base[name][missing] = fetched[name]
         else:
             base = fetched or {}
-        return Lookup(self._frame(base, rows), degraded, reason)
+        return Lookup(self._columns(base, rows), degraded, reason)
 
 
 def _floats(values: list[Any]) -> np.ndarray:
