@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import Profile, Row, better_ratio, client_cpus, in_child, median, say
+from bench.common import Profile, Row, better_ratio, client_cpus, in_child, median, redis_server, say
 
 PROJECT, KEY, VIEW, SERVICE = "keel_bench_pit", "user_id", "pit_fv", "pit_service"
 FEATURES = [f"p{i}" for i in range(10)]
@@ -76,10 +76,12 @@ def write_repo(root: Path, offline: str) -> Path:
 
 
 def _settings(root: str, offline: str) -> Any:
+    """Settings for a repo; `feast apply` wants its online store (Redis) up, so run() starts one."""
     from keel.config import load_settings
 
+    port = int((Path(root).parent / "redis-port").read_text())
     return load_settings(home=Path(root) / f"keel-{offline}", feature_repo=Path(root) / f"repo-{offline}",
-                         redis_port=1, pushgateway_port=1)
+                         redis_port=port, pushgateway_port=1)
 
 
 def _keel(root: str, keep: bool) -> pd.DataFrame | None:
@@ -157,10 +159,12 @@ def run(profile: Profile, tmp: Path) -> list[Row]:
     write_data(big, fr, ev)
     share = profile.pit_file_store_rows / fr
     write_data(small, profile.pit_file_store_rows, max(1, int(ev * share)))
-    for root in (big, small):
-        for offline in ("duckdb", "file"):
-            write_repo(root, offline)
-            store.apply(_settings(str(root), offline))
+    with redis_server() as addr:
+        (tmp / "redis-port").write_text(addr.split(":")[1])
+        for root in (big, small):
+            for offline in ("duckdb", "file"):
+                write_repo(root, offline)
+                store.apply(_settings(str(root), offline))
     raw_t, _, raw = _timed("raw DuckDB ASOF JOIN", _raw, str(big), runs=profile.runs)
     keel_t, keel_peak, k = _timed("keel", _keel, str(big), runs=profile.runs)
     _same("keel", k, raw)
