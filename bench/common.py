@@ -50,14 +50,14 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", runs=5, online_entities=10_000, online_requests=120, online_rate=40.0,
-                     saturation_seconds=3.0, saturation_levels=(1, 4, 16), mat_entities=100_000, mat_features=50,
+                     saturation_seconds=2.0, saturation_levels=(1, 4, 16), mat_entities=100_000, mat_features=50,
                      mat_feast_entities=5_000, pit_feature_rows=1_000_000, pit_entity_rows=100_000,
-                     pit_file_store_rows=100_000, drift_reference=1_000_000, drift_current=100_000,
+                     pit_file_store_rows=1_000_000, drift_reference=200_000, drift_current=100_000,
                      drift_columns=50),
     "full": Profile("full", runs=5, online_entities=100_000, online_requests=1000, online_rate=40.0,
                     saturation_seconds=10.0, saturation_levels=(1, 2, 4, 8, 16, 32), mat_entities=1_000_000,
                     mat_features=50, mat_feast_entities=50_000, pit_feature_rows=10_000_000,
-                    pit_entity_rows=1_000_000, pit_file_store_rows=1_000_000, drift_reference=1_000_000,
+                    pit_entity_rows=1_000_000, pit_file_store_rows=10_000_000, drift_reference=1_000_000,
                     drift_current=100_000, drift_columns=50),
 }
 

@@ -84,8 +84,9 @@ def _open_main(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[s
     return [asyncio.run(_open(url, bodies, rate)) for bodies, rate in phases]
 
 
-def _closed_main(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    return asyncio.run(_closed(url, bodies, concurrency, seconds))
+def _closed_main(url: str, bodies: list[bytes], concurrency: int, seconds: float, runs: int) -> list[dict[str, Any]]:
+    asyncio.run(_closed(url, bodies, concurrency, min(seconds, 1.0)))  # warm-up at this concurrency
+    return [asyncio.run(_closed(url, bodies, concurrency, seconds)) for _ in range(runs)]
 
 
 def open_loop(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[str, Any]]:
@@ -94,6 +95,7 @@ def open_loop(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[st
     return res
 
 
-def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    res, _, _ = in_child(_closed_main, url, bodies, concurrency, seconds, cpus=client_cpus())
+def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float, runs: int) -> list[dict[str, Any]]:
+    """A warm-up, then ``runs`` runs of ``seconds`` each, in one child process: a result per run."""
+    res, _, _ = in_child(_closed_main, url, bodies, concurrency, seconds, runs, cpus=client_cpus())
     return res

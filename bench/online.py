@@ -283,7 +283,7 @@ def online(profile: Profile, w: dict[str, Any]) -> list[Row]:
     figures: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
     def phases(seed: int) -> list[tuple[list[bytes], float]]:
-        return [(entity_bodies(max(30, int(profile.online_requests * share)), per, w["entities"], seed),
+        return [(entity_bodies(max(20, int(profile.online_requests * share)), per, w["entities"], seed),
                  profile.online_rate * share) for per, share in RATES.items()]
 
     for name, start in systems.items():
@@ -349,8 +349,7 @@ def saturation(profile: Profile, w: dict[str, Any], p99_budget_ms: float = 25.0)
             check_equal(name, got, want, next(iter(systems)))
             results[name] = {}
             for c in profile.saturation_levels:
-                closed_loop(url, bodies, c, 0.5)  # warm-up
-                runs = [closed_loop(url, bodies, c, profile.saturation_seconds) for _ in range(profile.runs)]
+                runs = closed_loop(url, bodies, c, profile.saturation_seconds, profile.runs)
                 if any(r["errors"] for r in runs):
                     raise AssertionError(f"{name}: non-200 answers at concurrency {c}")
                 results[name][c] = runs
