@@ -90,6 +90,7 @@ def _keel(root: str, keep: bool) -> tuple[float, pd.DataFrame | None]:
     Timed from the call, like the others: imports and opening the store are the same for keel and Feast."""
     from keel.features import pit, store
 
+    _warm_imports()
     fs = store.open_store(_settings(root, "duckdb"))
     service = fs.get_feature_service(SERVICE)
     events = pd.read_parquet(Path(root) / "data" / "events.parquet")
@@ -105,6 +106,7 @@ def _keel(root: str, keep: bool) -> tuple[float, pd.DataFrame | None]:
 def _feast(root: str, offline: str, keep: bool) -> tuple[float, pd.DataFrame | None]:
     from keel.features import store
 
+    _warm_imports()
     fs = store.open_store(_settings(root, offline))
     service = fs.get_feature_service(SERVICE)
     events = pd.read_parquet(Path(root) / "data" / "events.parquet")
@@ -112,6 +114,12 @@ def _feast(root: str, offline: str, keep: bool) -> tuple[float, pd.DataFrame | N
     t0 = time.perf_counter()
     df = fs.get_historical_features(entity_df=events, features=service, **extra).to_df()
     return time.perf_counter() - t0, df if keep else None
+
+
+def _warm_imports() -> None:
+    """ibis' DuckDB backend takes 0.5 s to import, once per process, in both keel's engine and Feast's
+    DuckDB store; like every other import, not part of the join's time."""
+    import ibis.backends.duckdb  # noqa: F401
 
 
 def _raw(root: str, keep: bool = True) -> tuple[float, pd.DataFrame | None]:
@@ -183,11 +191,15 @@ def run(profile: Profile, tmp: Path) -> list[Row]:
     _same("Feast DuckDB store", d, raw)
     small_raw = raw if small is big else in_child(_raw, str(small))[0][1]
     file_t, _, fl = _timed("Feast file store (slice)", _feast, str(small), "file", runs=profile.runs)
-    # Feast's file store leaves out labelled rows that no feature row matches (inner-join behaviour),
-    # where its DuckDB store, keel and the raw join keep them with nulls: equal on the rows it keeps
+    # Feast's file store leaves out labelled rows that no feature row matches (most of them, not all),
+    # where its DuckDB store, keel and the raw join keep them with nulls: it must equal the raw join on
+    # the rows it keeps, and only unmatched rows may be missing
+    kept = small_raw["event_id"].isin(fl["event_id"])
     unmatched = small_raw[FEATURES].isna().all(axis=1)
-    dropped = int(unmatched.sum()) if len(fl) != len(small_raw) else 0
-    _same("Feast file store", fl, small_raw[~unmatched] if dropped else small_raw)
+    if (~kept & ~unmatched).any():
+        raise AssertionError(f"Feast file store: left out {int((~kept & ~unmatched).sum())} matched labelled rows")
+    dropped = int((~kept).sum())
+    _same("Feast file store", fl, small_raw[kept])
     if small is big:
         small_keel_t, sk = keel_t, None
     else:

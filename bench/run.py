@@ -19,6 +19,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -42,6 +43,8 @@ def markdown(rows: list[Row], info: dict) -> str:
            "Versions: " + ", ".join(f"{k} {v}" for k, v in info["machine"]["versions"].items()), "",
            f"Each figure is the median of {info['runs']} runs after a warm-up. Ratio: how many times better the row is "
            "than its baseline (>1 is better).", ""]
+    for f in info.get("failed", []):
+        out.append(f"**FAILED** {f}")
     scenario = None
     for r in rows:
         if r.scenario != scenario:
@@ -72,32 +75,47 @@ def main(argv: list[str] | None = None) -> int:
     info = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "profile": profile.name, "runs": profile.runs,
             "sizes": dataclasses.asdict(profile), "machine": machine()}
     rows: list[Row] = []
+    failed: list[str] = []
     t = Path(tempfile.mkdtemp(prefix="keel-bench-"))
-    try:
-        if "online" in only or "saturation" in only:
-            from bench import online
 
+    def scenario(name: str, fn: Any) -> None:
+        """A scenario that fails (results disagree, a server dies) is reported and fails the run, but
+        the others still run and are written."""
+        try:
+            rows.extend(fn())
+        except Exception as exc:
+            say(f"{name} FAILED: {type(exc).__name__}: {exc}")
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    if "online" in only or "saturation" in only:
+        from bench import online
+
+        def serving() -> list[Row]:
             with online.world(profile, t / "online") as w:
                 if "online" in only:
-                    rows += online.online(profile, w)
+                    scenario("online", lambda: online.online(profile, w))
                 if "saturation" in only:
-                    rows += online.saturation(profile, w)
-        if "materialize" in only:
-            from bench import materialize
+                    scenario("saturation", lambda: online.saturation(profile, w))
+            return []
 
-            rows += materialize.run(profile, t / "materialize")
-        if "pit" in only:
-            from bench import pit
+        scenario("serving world", serving)
+    if "materialize" in only:
+        from bench import materialize
 
-            rows += pit.run(profile, t / "pit")
-        if "drift" in only:
-            from bench import drift
+        scenario("materialize", lambda: materialize.run(profile, t / "materialize"))
+    if "pit" in only:
+        from bench import pit
 
-            rows += drift.run(profile, t / "drift")
-    except BaseException:
-        say(f"failed; servers' logs and data are kept in {t}")
-        raise
-    shutil.rmtree(t, ignore_errors=True)
+        scenario("pit", lambda: pit.run(profile, t / "pit"))
+    if "drift" in only:
+        from bench import drift
+
+        scenario("drift", lambda: drift.run(profile, t / "drift"))
+    if failed:
+        say(f"servers' logs and data are kept in {t}")
+        info["failed"] = failed
+    else:
+        shutil.rmtree(t, ignore_errors=True)
     info["seconds"] = round(time.monotonic() - began, 1)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -107,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(md)
     print(md)
     say(f"wrote bench/results/{stem}.json and .md in {info['seconds']:.0f} s")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
