@@ -10,12 +10,10 @@ import os
 import platform
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,26 +138,19 @@ def client_cpus() -> list[int]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tests.conftest import free_ports
+
+    return free_ports(1)[0]
 
 
 def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll a health URL until it answers 2xx; fail at once if the process died."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if 200 <= r.status < 300:
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s: {last}")
+    """Wait for a health URL to answer 2xx; fail at once if the process died."""
+    from keel.stack.health import http_ok, wait_until
+
+    alive = (lambda: proc.poll() is None) if proc is not None else None
+    if not wait_until(lambda: http_ok(url), timeout, alive=alive):
+        state = f"exited with {proc.returncode}" if proc is not None and proc.poll() is not None else "not healthy"
+        raise RuntimeError(f"server for {url} {state} (waited up to {timeout:.0f}s)")
 
 
 @contextlib.contextmanager
