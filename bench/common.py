@@ -244,5 +244,26 @@ def in_child(fn: Callable[..., Any], *args: Any, cpus: list[int] | None = None,
     return res, seconds, rss
 
 
+def _repeat_main(fn: Callable[..., tuple[float, Any]], args: tuple, runs: int) -> tuple[Any, list[float]]:
+    first = fn(*args, True)[1]
+    return first, [fn(*args, False)[0] for _ in range(runs)]
+
+
+def runs_in_child(fn: Callable[..., tuple[float, Any]], *args: Any, runs: int, cpus: list[int] | None = None,
+                  timeout: float = 3600) -> tuple[Any, list[float], float]:
+    """A warm-up and ``runs`` timed runs of one system in one fresh process: (the warm-up's result, each
+    timed run's seconds, the process's peak RSS in MB). ``fn(*args, keep)`` times its own work and returns
+    ``(seconds, result)``; only the warm-up keeps its result (``keep=True``), which the scenario checks.
+    One process per system rather than per run: importing Feast or Evidently costs seconds a time, the
+    same for every system and not what is compared."""
+    (first, seconds), _, peak = in_child(_repeat_main, fn, args, runs, cpus=cpus, timeout=timeout)
+    return first, seconds, peak
+
+
+_BEGAN = time.monotonic()
+
+
 def say(*parts: Any) -> None:
-    print("[bench]", *parts, file=sys.stderr, flush=True)
+    """Progress on stderr, stamped with minutes:seconds since the bench started (where the time goes)."""
+    t = int(time.monotonic() - _BEGAN)
+    print(f"[bench {t // 60:2d}:{t % 60:02d}]", *parts, file=sys.stderr, flush=True)

@@ -80,22 +80,31 @@ async def _closed(url: str, bodies: list[bytes], concurrency: int, seconds: floa
             "throughput_rps": len(lat) / wall}
 
 
-def _open_main(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[str, Any]]:
-    return [asyncio.run(_open(url, bodies, rate)) for bodies, rate in phases]
+Phases = list[tuple[list[bytes], float]]
 
 
-def _closed_main(url: str, bodies: list[bytes], concurrency: int, seconds: float, runs: int) -> list[dict[str, Any]]:
-    asyncio.run(_closed(url, bodies, concurrency, min(seconds, 1.0)))  # warm-up at this concurrency
-    return [asyncio.run(_closed(url, bodies, concurrency, seconds)) for _ in range(runs)]
+def _open_main(url: str, runs: list[Phases]) -> list[list[dict[str, Any]]]:
+    return [[asyncio.run(_open(url, bodies, rate)) for bodies, rate in phases] for phases in runs]
 
 
-def open_loop(url: str, phases: list[tuple[list[bytes], float]]) -> list[dict[str, Any]]:
-    """One child process runs each (requests, rate) phase in turn; a result per phase."""
-    res, _, _ = in_child(_open_main, url, phases, cpus=client_cpus())
+def _closed_main(url: str, bodies: list[bytes], levels: list[int], seconds: float,
+                 runs: int) -> dict[int, list[dict[str, Any]]]:
+    out = {}
+    for c in levels:
+        asyncio.run(_closed(url, bodies, c, min(seconds, 1.0)))  # warm-up at this concurrency
+        out[c] = [asyncio.run(_closed(url, bodies, c, seconds)) for _ in range(runs)]
+    return out
+
+
+def open_loop(url: str, runs: list[Phases]) -> list[list[dict[str, Any]]]:
+    """One child process runs each run's (requests, rate) phases in turn; a result per phase per run."""
+    res, _, _ = in_child(_open_main, url, runs, cpus=client_cpus())
     return res
 
 
-def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float, runs: int) -> list[dict[str, Any]]:
-    """A warm-up, then ``runs`` runs of ``seconds`` each, in one child process: a result per run."""
-    res, _, _ = in_child(_closed_main, url, bodies, concurrency, seconds, runs, cpus=client_cpus())
+def closed_loop(url: str, bodies: list[bytes], levels: list[int], seconds: float,
+                runs: int) -> dict[int, list[dict[str, Any]]]:
+    """At each concurrency level, a warm-up and then ``runs`` runs of ``seconds`` each, all in one child
+    process: a result per run, per level."""
+    res, _, _ = in_child(_closed_main, url, bodies, levels, seconds, runs, cpus=client_cpus())
     return res

@@ -266,6 +266,67 @@ def check_equal(system: str, got: list[float], want: list[float], reference: str
         raise AssertionError(f"{system} disagrees with {reference}: max |diff| {diff:.3g} over {len(want)} scores")
 
 
+ONLINE_BASELINES = ("floor", "Feast server + KServe chain")
+
+
+def systems(w: dict[str, Any]) -> list[tuple[Any, str | None, str | None, list[bytes] | None]]:
+    """(start, its name in the online scenario, its name in saturation, saturation's request bodies): a
+    system in both scenarios is started once and measured in both."""
+    ebodies = entity_bodies(2000, 1, w["entities"], 5)
+    v2 = feature_bodies(w, 2000, 5, True)
+    return [
+        (lambda: floor(w), "floor", None, None),
+        (lambda: chain(w), "Feast server + KServe chain", None, None),
+        (lambda: keel_serving(w, "kserve"), "keel (KServe runtime)", "keel KServe runtime (lookup + model)", ebodies),
+        (lambda: keel_serving(w, "ray", batch=True), "keel (Ray Serve runtime)",
+         "keel Ray runtime, batching (lookup + model)", ebodies),
+        (lambda: keel_serving(w, "ray", batch=False), None, "keel Ray runtime, no batching (lookup + model)", ebodies),
+        (lambda: kserve_predictor(w), None, "KServe ModelServer xgbserver (model only)",
+         feature_bodies(w, 2000, 5, False)),
+        (lambda: mlserver(w, True), None, "MLServer xgboost, adaptive batching (model only)", v2),
+        (lambda: mlserver(w, False), None, "MLServer xgboost, no batching (model only)", v2),
+    ]
+
+
+def serving(profile: Profile, w: dict[str, Any], scenarios: set[str]) -> tuple[list[Row], list[str]]:
+    """Scenarios 1 and 5 over every system; (rows, failures). A system that fails is reported and the
+    scenario it failed in is left out; the other systems still run."""
+    check = entity_bodies(20, 10, w["entities"], seed=99)
+    online_want: list[float] | None = None
+    sat_want: list[float] | None = None
+    latency: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    sweep: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    failed: list[str] = []
+    for start, oname, sname, bodies in systems(w):
+        oname = oname if "online" in scenarios else None
+        sname = sname if "saturation" in scenarios else None
+        if not (oname or sname):
+            continue
+        name = oname or sname
+        try:
+            say(f"serving: {name}")
+            with start() as url:
+                if oname:
+                    got = [x for b in check for x in _scores(_post(url, b))]
+                    online_want = online_want or got
+                    check_equal(oname, got, online_want, "floor")
+                    latency.update(_latency(profile, url, oname, w["entities"]))
+                if sname and bodies:
+                    got = [x for b in bodies[:20] for x in _scores(_post(url, b))]
+                    sat_want = sat_want or got
+                    check_equal(sname, got, sat_want, "keel KServe runtime")
+                    sweep[sname] = _sweep(profile, url, sname, bodies)
+        except Exception as exc:
+            say(f"serving: {name} FAILED: {type(exc).__name__}: {exc}")
+            failed.append(f"{'online' if oname else 'saturation'} ({name}): {type(exc).__name__}: {exc}")
+    rows: list[Row] = []
+    if "online" in scenarios and all((b, 1) in latency for b in ONLINE_BASELINES):
+        rows += _online_rows(profile, latency)
+    if "saturation" in scenarios and "KServe ModelServer xgbserver (model only)" in sweep:
+        rows += _saturation_rows(sweep)
+    return rows, failed
+
+
 # -- scenario 1 ---------------------------------------------------------------------------------
 
 # each entity count's share of the profile's rate: open-loop latency is only meaningful below every
@@ -273,43 +334,33 @@ def check_equal(system: str, got: list[float], want: list[float], reference: str
 RATES = {1: 1.0, 10: 0.5, 100: 0.125}
 
 
-def online(profile: Profile, w: dict[str, Any]) -> list[Row]:
-    systems = {"floor": lambda: floor(w),
-               "Feast server + KServe chain": lambda: chain(w),
-               "keel (KServe runtime)": lambda: keel_serving(w, "kserve"),
-               "keel (Ray Serve runtime)": lambda: keel_serving(w, "ray")}
-    check = entity_bodies(20, 10, w["entities"], seed=99)
-    want: list[float] | None = None
-    figures: dict[tuple[str, int], list[dict[str, Any]]] = {}
-
+def _latency(profile: Profile, url: str, name: str, entities: int) -> dict[tuple[str, int], list[dict[str, Any]]]:
     def phases(seed: int) -> list[tuple[list[bytes], float]]:
-        return [(entity_bodies(max(20, int(profile.online_requests * share)), per, w["entities"], seed),
+        return [(entity_bodies(max(20, int(profile.online_requests * share)), per, entities, seed),
                  profile.online_rate * share) for per, share in RATES.items()]
 
-    for name, start in systems.items():
-        say(f"online: {name}")
-        with start() as url:
-            got = [s for b in check for s in _scores(_post(url, b))]
-            if want is None:
-                want = got
-            check_equal(name, got, want, next(iter(systems)))
-            open_loop(url, [(b[:20], rate) for b, rate in phases(1)])  # warm-up
-            runs = [open_loop(url, phases(10 + r)) for r in range(profile.runs)]
-            for k, per in enumerate(RATES):
-                per_run = [run[k] for run in runs]
-                if any(r["errors"] for r in per_run):
-                    raise AssertionError(f"{name}: non-200 answers under load: {[r['errors'] for r in per_run]}")
-                figures[(name, per)] = per_run
-                say(f"  {per} entities @ {profile.online_rate * RATES[per]:.0f}/s: "
-                    f"p50 {median([r['p50_ms'] for r in per_run]):.2f} ms, "
-                    f"p99 {median([r['p99_ms'] for r in per_run]):.2f} ms")
+    warm = [(b[:20], profile.online_rate) for b, _ in phases(1)]  # warms the server; not counted
+    runs = open_loop(url, [warm, *(phases(10 + r) for r in range(profile.runs))])[1:]
+    out = {}
+    for k, per in enumerate(RATES):
+        per_run = [run[k] for run in runs]
+        if any(r["errors"] for r in per_run):
+            raise AssertionError(f"{name}: non-200 answers under load: {[r['errors'] for r in per_run]}")
+        out[(name, per)] = per_run
+        say(f"  {per} entities @ {profile.online_rate * RATES[per]:.0f}/s: "
+            f"p50 {median([r['p50_ms'] for r in per_run]):.2f} ms, p99 {median([r['p99_ms'] for r in per_run]):.2f} ms")
+    return out
+
+
+def _online_rows(profile: Profile, figures: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
+    names = list(dict.fromkeys(name for name, _ in figures))
     rows: list[Row] = []
     for per, share in RATES.items():
-        p99 = {name: [r["p99_ms"] for r in figures[(name, per)]] for name in systems}
+        p99 = {name: [r["p99_ms"] for r in figures[(name, per)]] for name in names}
         chain_p99, floor_p99 = median(p99["Feast server + KServe chain"]), median(p99["floor"])
         case = (f"{per} entit{'y' if per == 1 else 'ies'} x {NFEAT} features, "
                 f"open loop {profile.online_rate * share:.0f}/s")
-        for name in systems:
+        for name in names:
             m = median(p99[name])
             row = Row("online path", case, name, "p99", m, "ms", p99[name],
                       note=f"p50 {median([r['p50_ms'] for r in figures[(name, per)]]):.2f} ms")
@@ -325,47 +376,34 @@ def online(profile: Profile, w: dict[str, Any]) -> list[Row]:
 
 # -- scenario 5 ---------------------------------------------------------------------------------
 
-def saturation(profile: Profile, w: dict[str, Any], p99_budget_ms: float = 25.0) -> list[Row]:
-    """Closed-loop sweep; a system's figure is its best throughput with p99 within the budget."""
-    ebodies = entity_bodies(2000, 1, w["entities"], 5)
-    v2 = feature_bodies(w, 2000, 5, True)
-    systems: dict[str, tuple[Any, list[bytes]]] = {
-        "keel KServe runtime (lookup + model)": (lambda: keel_serving(w, "kserve"), ebodies),
-        "keel Ray runtime, batching (lookup + model)": (lambda: keel_serving(w, "ray", batch=True), ebodies),
-        "keel Ray runtime, no batching (lookup + model)": (lambda: keel_serving(w, "ray", batch=False), ebodies),
-        "KServe ModelServer xgbserver (model only)": (lambda: kserve_predictor(w), feature_bodies(w, 2000, 5, False)),
-        "MLServer xgboost, adaptive batching (model only)": (lambda: mlserver(w, True), v2),
-        "MLServer xgboost, no batching (model only)": (lambda: mlserver(w, False), v2),
-    }
-    # the predictor-only peers get the features keel looks up for the same entities: same rows, same scores
-    results: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    want: list[float] | None = None
-    for name, (start, bodies) in systems.items():
-        say(f"saturation: {name}")
-        with start() as url:
-            got = [s for b in bodies[:20] for s in _scores(_post(url, b))]
-            if want is None:
-                want = got
-            check_equal(name, got, want, next(iter(systems)))
-            results[name] = {}
-            for c in profile.saturation_levels:
-                runs = closed_loop(url, bodies, c, profile.saturation_seconds, profile.runs)
-                if any(r["errors"] for r in runs):
-                    raise AssertionError(f"{name}: non-200 answers at concurrency {c}")
-                results[name][c] = runs
-                say(f"  c={c}: {median([r['throughput_rps'] for r in runs]):.0f}/s, "
-                    f"p99 {median([r['p99_ms'] for r in runs]):.1f} ms")
+P99_BUDGET_MS = 25.0
+
+
+def _sweep(profile: Profile, url: str, name: str, bodies: list[bytes]) -> dict[int, list[dict[str, Any]]]:
+    """Closed loop at each concurrency level; the predictor-only peers get the features keel looks up for
+    the same entities: same rows, same scores."""
+    out = closed_loop(url, bodies, list(profile.saturation_levels), profile.saturation_seconds, profile.runs)
+    for c, runs in out.items():
+        if any(r["errors"] for r in runs):
+            raise AssertionError(f"{name}: non-200 answers at concurrency {c}")
+        say(f"  c={c}: {median([r['throughput_rps'] for r in runs]):.0f}/s, "
+            f"p99 {median([r['p99_ms'] for r in runs]):.1f} ms")
+    return out
+
+
+def _saturation_rows(results: dict[str, dict[int, list[dict[str, Any]]]]) -> list[Row]:
+    """A system's figure is its best throughput with p99 within the budget."""
     rows = []
     best: dict[str, tuple[float, int, list[float]]] = {}
     for name, levels in results.items():
         ok = [(median([r["throughput_rps"] for r in runs]), c, [r["throughput_rps"] for r in runs])
-              for c, runs in levels.items() if median([r["p99_ms"] for r in runs]) <= p99_budget_ms]
+              for c, runs in levels.items() if median([r["p99_ms"] for r in runs]) <= P99_BUDGET_MS]
         best[name] = max(ok) if ok else (0.0, 0, [])
     ref = best["KServe ModelServer xgbserver (model only)"][0]
     for name, (tput, c, runs) in best.items():
         sweep = "; ".join(f"c={c2}: {median([r['throughput_rps'] for r in rr]):.0f}/s p99 "
                           f"{median([r['p99_ms'] for r in rr]):.1f} ms" for c2, rr in results[name].items())
-        rows.append(Row("serving saturation", f"1 entity/request, best throughput with p99 <= {p99_budget_ms:.0f} ms",
+        rows.append(Row("serving saturation", f"1 entity/request, best throughput with p99 <= {P99_BUDGET_MS:.0f} ms",
                         name, "throughput", tput, "req/s", runs, "KServe ModelServer",
                         better_ratio(tput, ref, lower_is_better=False) if ref else None,
                         note=f"at c={c}; sweep: {sweep}"))

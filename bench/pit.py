@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import Profile, Row, better_ratio, client_cpus, in_child, median, redis_server, say
+from bench.common import Profile, Row, better_ratio, client_cpus, in_child, median, redis_server, runs_in_child, say
 
 PROJECT, KEY, VIEW, SERVICE = "keel_bench_pit", "user_id", "pit_fv", "pit_service"
 FEATURES = [f"p{i}" for i in range(10)]
@@ -150,17 +150,11 @@ def _same(name: str, got: pd.DataFrame, want: pd.DataFrame) -> None:
         raise AssertionError(f"{name}: feature values differ from the raw DuckDB ASOF join")
 
 
-def _timed(label: str, fn: Any, *args: Any, runs: int) -> tuple[list[float], list[float], pd.DataFrame]:
-    times, peaks, out = [], [], None
-    for r in range(runs + 1):  # the first is the warm-up, and its result is the one checked
-        (seconds, res), _, peak = in_child(fn, *args, r == 0, cpus=client_cpus())
-        if r == 0:
-            out = res
-        else:
-            times.append(seconds)
-            peaks.append(peak)
+def _timed(label: str, fn: Any, *args: Any, runs: int) -> tuple[list[float], float, pd.DataFrame]:
+    """The warm-up's result is the one checked; (times, peak RSS, result)."""
+    out, times, peak = runs_in_child(fn, *args, runs=runs, cpus=client_cpus())
     say(f"pit: {label} median {median(times):.2f} s")
-    return times, peaks, out
+    return times, peak, out
 
 
 def run(profile: Profile, tmp: Path) -> list[Row]:
@@ -216,7 +210,7 @@ def run(profile: Profile, tmp: Path) -> list[Row]:
             better_ratio(keel_small_rps, file_rps, False), ">= 50x the file store; <= 1.5x raw DuckDB",
             keel_small_rps / file_rps >= 50 and keel_s / raw_s <= 1.5,
             f"{keel_s / raw_s:.2f}x raw DuckDB; {better_ratio(keel_s, duck_s, True):.1f}x faster than Feast DuckDB; "
-            f"peak RSS {median(keel_peak):.0f} MB; vs the file store: {keel_small_rps:,.0f} vs {file_rps:,.0f} "
+            f"peak RSS {keel_peak:.0f} MB; vs the file store: {keel_small_rps:,.0f} vs {file_rps:,.0f} "
             "labelled rows/s"),
         Row("point-in-time join", case, "Feast DuckDB store", "time", duck_s, "s", duck_t),
         Row("point-in-time join", case, "Feast file (dask) store", "labelled rows/s", file_rps, "rows/s",

@@ -92,13 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def serving() -> list[Row]:
             with online.world(profile, t / "online") as w:
-                if "online" in only:
-                    scenario("online", lambda: online.online(profile, w))
-                if "saturation" in only:
-                    scenario("saturation", lambda: online.saturation(profile, w))
-            return []
+                rows, bad = online.serving(profile, w, {"online", "saturation"} & set(only))
+            failed.extend(bad)
+            return rows
 
-        scenario("serving world", serving)
+        scenario("online/saturation", serving)
     if "materialize" in only:
         from bench import materialize
 
