@@ -86,7 +86,7 @@ def drifted_traffic(feature_data: dict[str, Path], training_set: Any, stack_sett
 
 
 def test_drift_job_finds_the_two_drifted_features_and_the_alert_reaches_alertmanager(
-        drifted_traffic: dict[str, Any], stack_settings: Settings) -> None:
+        drifted_traffic: dict[str, Any], stack_settings: Settings, tmp_path: Path) -> None:
     proc = run_keel(["drift", "run", MODEL, "--window", "1h", "-o", "json"], stack_settings)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -94,7 +94,13 @@ def test_drift_job_finds_the_two_drifted_features_and_the_alert_reaches_alertman
     assert verdicts == {f: f in DRIFTED for f in drifted_traffic["features"]}, verdicts
     assert result["current_rows"] == result["rows_in_window"] == drifted_traffic["requests"]
     assert result["drift_share"] == pytest.approx(2 / len(drifted_traffic["features"]))
-    assert result["run_id"], "the HTML report was not logged to MLflow"
+    assert result["run_id"], "the drift run was not logged to MLflow"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stack_settings.tracking_uri)
+    assert {a.path for a in client.list_artifacts(result["run_id"])} == {"drift_report.html", "drift.json"}
+    html = Path(client.download_artifacts(result["run_id"], "drift_report.html", str(tmp_path))).read_text()
+    assert all(f"Drift in column '{f}'" in html for f in [*DRIFTED, "prediction"]), "a drifted column is not plotted"
 
     series = _wait("drift gauges in Prometheus", lambda: _query(
         stack_settings, f'keel_feature_drift_detected{{model="{MODEL}"}}'), 30)

@@ -1,5 +1,5 @@
-"""The drift job's bounded sampling: uniform, reproducible, bounded, and giving the verdicts a full,
-unsampled Evidently run gives."""
+"""The drift job's comparison: bounded sampling that is uniform and reproducible, and per-column
+verdicts equal to what a full, unsampled Evidently DataDriftPreset run gives."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from bench.drift import preset_verdicts  # the peer the benchmark runs
 
 from keel.errors import KeelError
-from keel.monitoring.drift import BottomK, evidently_drift, parse_window, read_window
+from keel.monitoring.drift import BottomK, column_drift, drift_report, evidently_drift, parse_window, read_window
 
 
 def test_bottom_k_is_bounded_reproducible_and_uniform() -> None:
@@ -53,9 +54,40 @@ def test_a_sampled_window_gives_the_verdicts_of_a_full_evidently_run(tmp_path: P
                                                     sample_size=10_000, seed=0, batch_rows=8192)
     assert (len(sample), total, degraded, versions) == (10_000, n, 0, {"1": n})
     sampled, _ = evidently_drift(reference, sample, cols)
-    full, _ = evidently_drift(reference, current[cols], cols)
-    assert {c.column: c.detected for c in sampled} == {c.column: c.detected for c in full}
+    full = preset_verdicts(reference, current[cols], cols)
+    assert {c.column: c.detected for c in sampled} == {c: v[3] for c, v in full.items()}
     assert {c.column for c in sampled if c.detected} == {"f0", "f3"}
+
+
+@pytest.mark.parametrize("rows", [400, 5_000])  # below 1,000 rows the preset picks other tests
+def test_verdicts_equal_evidently_data_drift_preset_per_column(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    ref = pd.DataFrame({"same": rng.normal(0, 1, rows), "shifted": rng.normal(0, 1, rows),
+                        "edge": rng.gamma(2.0, 3.0, rows), "ints": rng.integers(0, 50, rows),
+                        "cat": rng.choice(["a", "b", "c"], rows, p=[0.5, 0.3, 0.2])})
+    cur = pd.DataFrame({"same": rng.normal(0, 1, rows), "shifted": rng.normal(0.5, 1, rows),
+                        "edge": rng.gamma(2.0, 3.0, rows) * 1.15, "ints": rng.integers(0, 50, rows),
+                        "cat": rng.choice(["a", "b", "c"], rows, p=[0.2, 0.3, 0.5])})
+    cur.loc[:9, "same"] = np.inf  # dropped, as the preset drops them
+    cols = list(ref.columns)
+    want = preset_verdicts(ref, cur, cols)
+    got = {c.column: (c.method, c.score, c.threshold, c.detected) for c in column_drift(ref, cur, cols)}
+    assert got.keys() == want.keys()
+    for col, (method, score, threshold, detected) in want.items():
+        assert got[col][0] == method and got[col][2] == threshold and got[col][3] == detected, (col, got[col])
+        assert got[col][1] == pytest.approx(score, rel=1e-9, abs=1e-12), col
+    assert want["shifted"][3] and want["cat"][3] and not want["same"][3]
+
+
+def test_the_report_plots_what_drifted_and_the_output() -> None:
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"a": rng.normal(0, 1, 3000), "b": rng.normal(0, 1, 3000), "prediction": rng.random(3000)})
+    cur = pd.DataFrame({"a": rng.normal(2, 1, 3000), "b": rng.normal(0, 1, 3000), "prediction": rng.random(3000)})
+    verdicts = column_drift(ref, cur, list(ref.columns))
+    assert [v.column for v in verdicts if v.detected] == ["a"]
+    shown = [m["config"]["column"] for m in drift_report(ref, cur, verdicts).dict()["metrics"]]
+    assert shown == ["a", "prediction"]
+    assert drift_report(ref[["b"]], cur[["b"]], column_drift(ref, cur, ["b"])) is None
 
 
 def test_window_parsing_names_the_bad_value() -> None:

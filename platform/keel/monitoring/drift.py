@@ -154,32 +154,64 @@ def read_window(uri: str, model: str, columns: list[str], start: datetime, end: 
     return sampler.frame(), sampler.seen, degraded, versions
 
 
-def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame,
-                    columns: list[str]) -> tuple[list[ColumnDrift], Any]:
-    """Evidently's DataDriftPreset, which picks each column's test by type and size (K-S below 1,000
-    rows, normed Wasserstein above for numbers; chi-square / Jensen-Shannon for categories)."""
+def _quiet_evidently() -> None:
     import warnings
 
     with warnings.catch_warnings():  # its import chain warns about numpy and litestar internals, not us
         warnings.simplefilter("ignore")
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.presets import DataDriftPreset
+        import evidently  # noqa: F401
 
-    numerical = [c for c in columns if pd.api.types.is_numeric_dtype(reference[c])]
-    categorical = [c for c in columns if c not in numerical]
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    snapshot = Report([DataDriftPreset(columns=columns)]).run(
-        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
-        current_data=Dataset.from_pandas(current[columns], data_definition=definition))
+
+def column_drift(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> list[ColumnDrift]:
+    """Each column's verdict, from the test Evidently's DataDriftPreset would pick for it (by type and
+    size: K-S below 1,000 rows, normed Wasserstein above for numbers; chi-square / Jensen-Shannon for
+    categories) and at its default threshold: the same call the preset makes per column, without the
+    histograms, correlations and plots it also builds for every column (most of its time)."""
+    _quiet_evidently()
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+
     out = []
-    for metric in snapshot.dict()["metrics"]:
-        cfg = metric["config"]
-        if not str(cfg.get("type", "")).endswith("ValueDrift"):
-            continue
-        score, threshold, method = float(metric["value"]), float(cfg["threshold"]), str(cfg["method"])
-        detected = score <= threshold if "p_value" in method else score >= threshold
-        out.append(ColumnDrift(cfg["column"], method, score, threshold, detected))
-    return out, snapshot
+    for c in columns:
+        kind = ColumnType.Numerical if pd.api.types.is_numeric_dtype(reference[c]) else ColumnType.Categorical
+        ref = reference[c].replace([-np.inf, np.inf], np.nan).dropna()
+        cur = current[c].replace([-np.inf, np.inf], np.nan).dropna()
+        if ref.empty or cur.empty:
+            raise KeelError(f"column '{c}' has no finite values in the {'reference' if ref.empty else 'current'} "
+                            "data: nothing to compare")
+        test = get_stattest(ref, cur, kind, None)
+        res = test(ref, cur, kind, None)
+        out.append(ColumnDrift(c, test.display_name, float(res.drift_score), float(res.actual_threshold),
+                               bool(res.drifted)))
+    return out
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, verdicts: list[ColumnDrift],
+                 always: tuple[str, ...] = (PREDICTION,)) -> Any:
+    """Evidently's report, with its distribution plots, for the columns that drifted and for ``always``
+    (the model's output): what someone paged by the alert opens. Every column's score is in the run's
+    JSON, its MLflow metrics and Prometheus; plotting all fifty columns each hour costs more than the
+    whole comparison and shows nothing the scores don't."""
+    _quiet_evidently()
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    shown = [v.column for v in verdicts if v.detected or v.column in always]
+    if not shown:
+        return None
+    numerical = [c for c in shown if pd.api.types.is_numeric_dtype(reference[c])]
+    definition = DataDefinition(numerical_columns=numerical,
+                                categorical_columns=[c for c in shown if c not in numerical])
+    return Report([ValueDrift(column=c) for c in shown]).run(
+        reference_data=Dataset.from_pandas(reference[shown], data_definition=definition),
+        current_data=Dataset.from_pandas(current[shown], data_definition=definition))
+
+
+def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame,
+                    columns: list[str]) -> tuple[list[ColumnDrift], Any]:
+    """The comparison the drift job makes: every column's verdict, and the report of what drifted."""
+    verdicts = column_drift(reference, current, columns)
+    return verdicts, drift_report(reference, current, verdicts)
 
 
 def _push(settings: Settings, result: DriftResult, interval_s: float) -> None:
@@ -229,10 +261,11 @@ def _log_to_mlflow(registry: Any, result: DriftResult, snapshot: Any) -> str:
         mlflow.log_metrics({"dataset_drift_share": result.drift_share, "rows_current": result.current_rows,
                             **{f"drift_score.{c.column}": c.score for c in result.features}})
         with tempfile.TemporaryDirectory() as tmp:
-            html = Path(tmp) / "drift_report.html"
-            snapshot.save_html(str(html))
+            if snapshot is not None:
+                html = Path(tmp) / "drift_report.html"
+                snapshot.save_html(str(html))
+                mlflow.log_artifact(str(html))
             (Path(tmp) / "drift.json").write_text(result.to_json())
-            mlflow.log_artifact(str(html))
             mlflow.log_artifact(str(Path(tmp) / "drift.json"))
     registry.client.set_model_version_tag(result.model, result.version, "keel.last_drift_run", run.info.run_id)
     return str(run.info.run_id)
