@@ -300,10 +300,11 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     served = champion if version == champion.version else registry.version(model, version)
     if served.version != champion.version:
         holdout = registry._holdout(served)
-    reference = holdout[features].copy()
-    reference[PREDICTION] = rm.scores(registry.load(served), reference[features])
-    if len(reference) > sample_size:
+    reference = holdout[features]
+    if len(reference) > sample_size:  # sampled before scoring: the model scores only the rows compared
         reference = reference.sample(n=sample_size, random_state=seed).reset_index(drop=True)
+    reference = reference.copy()
+    reference[PREDICTION] = rm.scores(registry.load(served), reference[features])
     cols, snapshot = evidently_drift(reference, current, [*features, PREDICTION])
     feats = [c for c in cols if c.column != PREDICTION]
     pred = next((c for c in cols if c.column == PREDICTION), None)
