@@ -52,8 +52,10 @@ PROFILES = {
                      mat_feast_entities=5_000, pit_feature_rows=1_000_000, pit_entity_rows=100_000,
                      pit_file_store_rows=1_000_000, drift_reference=100_000, drift_current=50_000,
                      drift_columns=50),
-    "full": Profile("full", runs=5, online_entities=100_000, online_requests=1000, online_rate=40.0,
-                    saturation_seconds=10.0, saturation_levels=(1, 2, 4, 8, 16, 32), mat_entities=1_000_000,
+    # full: the sizes for the batch jobs; serving at 400 requests per phase and 5 s per level keeps
+    # the whole profile near an hour on 2 cores
+    "full": Profile("full", runs=5, online_entities=100_000, online_requests=400, online_rate=40.0,
+                    saturation_seconds=5.0, saturation_levels=(1, 2, 4, 8, 16, 32), mat_entities=1_000_000,
                     mat_features=50, mat_feast_entities=50_000, pit_feature_rows=10_000_000,
                     pit_entity_rows=1_000_000, pit_file_store_rows=10_000_000, drift_reference=1_000_000,
                     drift_current=100_000, drift_columns=50),
