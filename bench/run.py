@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.run [--profile quick|full] [--only online,saturation,materialize,pit,drift]
                                   [--runs N]
 
-Writes ``bench/results/<date>-<profile>.json`` (every run's figure, the machine, the versions) and the same
-table as markdown next to it, and prints the table. A scenario whose systems disagree on results fails
-the run before any speed is reported for it.
+Writes ``bench/results/<date>-<profile>[-<scenarios>].json`` (every run's figure, the machine, the
+versions) and the same table as markdown next to it, and prints the table. A scenario whose systems
+disagree on results fails the run before any speed is reported for it.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     stem = f"{datetime.now(UTC):%Y-%m-%d}-{profile.name}"
+    if set(SCENARIOS) - set(only):  # a subset does not overwrite the day's whole record
+        stem += "-" + "+".join(s for s in SCENARIOS if s in only)
     (out / f"{stem}.json").write_text(json.dumps({**info, "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
     md = markdown(rows, info)
     (out / f"{stem}.md").write_text(md)
