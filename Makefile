@@ -23,8 +23,10 @@ help:
 setup:
 	@bash platform/scripts/setup.sh all
 
+# the project `make demo` runs (any directory holding a keel.yaml)
+PROJECT ?= examples/fraud
 demo: setup
-	@$(KEEL) demo
+	@KEEL_PROJECT=$${KEEL_PROJECT:-$(PROJECT)} $(KEEL) demo
 
 test: setup
 	@$(VENV)/bin/ruff check .
@@ -40,7 +42,7 @@ lint: setup
 	@$(VENV)/bin/ruff check .
 
 down:
-	@if [ -x $(KEEL) ]; then $(KEEL) down; fi
+	@if [ -x $(KEEL) ]; then KEEL_PROJECT=$${KEEL_PROJECT:-$(PROJECT)} $(KEEL) down; fi
 
 clean: down
 	rm -rf .keel .venv .venv-airflow .pytest_cache .ruff_cache

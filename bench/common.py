@@ -147,7 +147,7 @@ def free_port() -> int:
 
 def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
     """Wait for a health URL to answer 2xx; fail at once if the process died."""
-    from keel.stack.health import http_ok, wait_until
+    from keel.infra.probes import http_ok, wait_until
 
     alive = (lambda: proc.poll() is None) if proc is not None else None
     if not wait_until(lambda: http_ok(url), timeout, alive=alive):

@@ -57,7 +57,7 @@ def write_repo(root: Path, entities: int, nfeat: int, slice_rows: int, seed: int
     df.head(slice_rows).to_parquet(data / "slice.parquet", index=False)
     repo = root / "repo"
     repo.mkdir()
-    text = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    text = (ROOT / "examples" / "fraud" / "feature_repo" / "feature_store.yaml").read_text()
     (repo / "feature_store.yaml").write_text(text.replace("project: keel_fraud", f"project: {PROJECT}"))
     views = []
     for name, file in (("bench_full", "full.parquet"), ("bench_slice", "slice.parquet")):

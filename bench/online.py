@@ -75,7 +75,7 @@ def write_repo(root: Path, entities: int, seed: int = 7) -> tuple[Path, pd.DataF
                            "label": (z + rng.normal(0, 1, n) > 5.5).astype("int64")})
     repo = root / "repo"
     repo.mkdir(exist_ok=True)
-    yaml_text = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    yaml_text = (ROOT / "examples" / "fraud" / "feature_repo" / "feature_store.yaml").read_text()
     (repo / "feature_store.yaml").write_text(yaml_text.replace("project: keel_fraud", f"project: {PROJECT}"))
     (repo / "definitions.py").write_text(textwrap.dedent(f'''\
         from datetime import timedelta
@@ -96,12 +96,12 @@ def write_repo(root: Path, entities: int, seed: int = 7) -> tuple[Path, pd.DataF
 @contextlib.contextmanager
 def world(profile: Profile, tmp: Path) -> Iterator[dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
+    from examples.fraud.fraud_model import train_fraud_model
     from tests.conftest import isolated_settings
 
     from keel.features import store, training
     from keel.registry.client import Registry
     from keel.stack import Stack
-    from keel.train import train_fraud_model
 
     repo, labels = write_repo(tmp, profile.online_entities)
     s = isolated_settings(tmp / "keel", feature_repo=repo)

@@ -56,7 +56,7 @@ def write_repo(root: Path, offline: str) -> Path:
 
     repo = root / f"repo-{offline}"
     repo.mkdir()
-    text = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    text = (ROOT / "examples" / "fraud" / "feature_repo" / "feature_store.yaml").read_text()
     text = text.replace("project: keel_fraud", f"project: {PROJECT}").replace("type: duckdb", f"type: {offline}")
     (repo / "feature_store.yaml").write_text(text)
     (repo / "definitions.py").write_text(textwrap.dedent(f'''\

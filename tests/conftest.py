@@ -13,6 +13,7 @@ import pytest
 from keel.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+FRAUD = ROOT / "examples" / "fraud"  # the example project most integration tests run on
 KEEL = str(Path(sys.executable).parent / "keel")
 PORT_FIELDS = ("mlflow_port", "redis_port", "prometheus_port", "pushgateway_port", "alertmanager_port",
                "controller_port", "airflow_port", "serving_port")
@@ -34,6 +35,7 @@ def isolated_settings(home: Path, **extra: object) -> Settings:
     """Settings with their own state directory and unused ports, so tests never touch a user's stack."""
     ports = dict(zip(PORT_FIELDS, free_ports(len(PORT_FIELDS)), strict=True))
     extra.setdefault("retraining", False)  # Airflow only where a test asks for it: it costs ~1 GB and 30 s
+    extra.setdefault("project", FRAUD)
     return load_settings(home=home, **ports, **extra)
 
 
@@ -43,6 +45,8 @@ def keel_env(settings: Settings, **extra: str) -> dict[str, str]:
     for f in PORT_FIELDS:
         env[f"KEEL_{f.upper()}"] = str(getattr(settings, f))
     env["KEEL_RETRAINING"] = str(settings.retraining).lower()
+    if settings.project is not None:
+        env["KEEL_PROJECT"] = str(settings.project)
     env["KEEL_START_TIMEOUT"] = str(settings.start_timeout)
     env.update(extra)
     return env
@@ -64,3 +68,11 @@ def _no_ambient_keel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def tmp_settings(tmp_path: Path) -> Settings:
     return isolated_settings(tmp_path / "keel")
+
+
+def build_fraud(settings: Settings, feature_service: str, labels: object, **kw: object):
+    """A training set of the fraud example (its label is ``is_fraud``)."""
+    from keel.features import training
+
+    kw.setdefault("label", "is_fraud")
+    return training.build(settings, feature_service, labels, **kw)  # type: ignore[arg-type]

@@ -7,13 +7,14 @@ by ``KEEL_CONFIG``, the profile's defaults. Two profiles exist: ``local`` (every
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from keel.errors import KeelError
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     """Where keel's services are and how keel behaves. Field docs are the variables' docs."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    _spec: Any = PrivateAttr(None)
 
     profile: Profile = Field("local", description="local: services on loopback; cluster: in-cluster names")
     home: Path = Field(Path(".keel"), description="state directory (databases, logs, pids, data)")
@@ -56,7 +58,10 @@ class Settings(BaseSettings):
         None, description="Feast registry: an SQLAlchemy URI (cluster: Postgres) or a file; default: file in home")
     release: str = Field("keel", description="Helm release name (cluster profile service names)")
     namespace: str = Field("keel", description="Kubernetes namespace (cluster profile service names)")
-    feature_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository directory")
+    project: Path | None = Field(
+        None, description="project spec (keel.yaml, or its directory); default: keel.yaml in the working "
+                          "directory or a parent")
+    feature_repo: Path | None = Field(None, description="Feast repository directory; default: the project spec's")
     controller_token: SecretStr | None = Field(
         None, description="bearer token of the keel controller; local default: KEEL_HOME/controller/token")
     airflow_url: str | None = Field(None, description="Airflow API URL; derived from profile when unset")
@@ -71,10 +76,25 @@ class Settings(BaseSettings):
     feature_timeout_ms: float = Field(100.0, gt=0, description="serving: online-store call timeout")
     start_timeout: float = Field(90.0, gt=0, description="seconds to wait for a service to become healthy")
 
-    @field_validator("home", "feature_repo")
+    @field_validator("home", "feature_repo", "project")
     @classmethod
-    def _absolute(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().resolve()
+
+    def spec(self) -> Any:
+        """The project spec (keel.project.ProjectSpec) these settings point at, read once."""
+        if self._spec is None:
+            from keel import project
+
+            self._spec = project.load(self.project) if self.project else project.load()
+        return self._spec
+
+    @property
+    def repo(self) -> Path:
+        """The Feast repository: KEEL_FEATURE_REPO, else the project spec's ``feature_repo``."""
+        if self.feature_repo is not None:
+            return self.feature_repo
+        return Path(self.spec().feature_repo)
 
     @classmethod
     def settings_customise_sources(
@@ -180,6 +200,9 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        if self.project is None:  # children run elsewhere: hand them the spec this process found
+            with contextlib.suppress(KeelError):  # no spec anywhere: the children find none either
+                out[f"{ENV_PREFIX}PROJECT"] = str(self.spec().path)
         return out
 
     @property

@@ -1,7 +1,8 @@
 """`make demo`: the platform's main job on the local stack, from raw events to a champion model.
 
 Each step uses the same SDK calls a user or an Airflow task would; the demo only strings them together
-and prints what a person wants to see at the end (where to look, what was trained on what).
+and prints what a person wants to see at the end (where to look, what was trained on what). What it runs
+is the project spec's: its data hook, its model (``demo.model``), and the drift it injects (``demo.drift``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from keel.config import Settings
 Echo = Callable[[str], None]
 
 
-# Five stored features; the on-demand ratios built on two of them drift too, so 7 of 16 features move.
-DEMO_DRIFT = {"txn_count_24h": 4.0, "amount_mean_7d": 2.0, "credit_limit": 0.3, "merchant_fraud_rate_30d": 5.0,
-              "merchant_avg_amount_7d": 2.0}
+def _instances(ts: object, n: int) -> list[dict[str, object]]:
+    """The latest ``n`` labelled events as requests: entity keys and request-time values."""
+    frame = ts.frame.sort_values("event_timestamp").tail(n)  # type: ignore[attr-defined]
+    cols = [*ts.entity_keys, *ts.request_fields]  # type: ignore[attr-defined]
+    return [{c: (v.item() if hasattr(v, "item") else v) for c, v in r.items()} for r in frame[cols].to_dict("records")]
 
 
-def _drift_loop(settings: Settings, model: str, ts: object, step: Callable[[str], None]) -> list[str]:
-    """Replay holdout rows with drift on five stored features, run the drift job, and wait (on Prometheus and
-    Alertmanager, not a sleep) for KeelDatasetDrift to fire."""
+def _drift_loop(settings: Settings, model: str, ts: object, drift_spec: dict[str, float],
+                step: Callable[[str], None]) -> list[str]:
+    """Replay holdout rows with drift on the spec's features, run the drift job, and wait (on Prometheus
+    and Alertmanager, not a sleep) for KeelDatasetDrift to fire."""
     from keel.errors import KeelError
     from keel.monitoring import drift
     from keel.monitoring.alerts import current
@@ -34,9 +38,9 @@ def _drift_loop(settings: Settings, model: str, ts: object, step: Callable[[str]
     rows = holdout.sample(n=min(600, len(holdout)), random_state=0)
     logged = str(settings.home / "predictions")
     before = len(read(logged, model))
-    step(f"replaying {len(rows)} holdout transactions as live traffic, drift injected on "
-         + ", ".join(f"{k} x{v:g}" for k, v in DEMO_DRIFT.items()))
-    sent = replay(settings, model, rows, DEMO_DRIFT, lambda batch: predict_local(settings, model, batch))
+    step(f"replaying {len(rows)} holdout events as live traffic, drift injected on "
+         + ", ".join(f"{k} x{v:g}" for k, v in drift_spec.items()))
+    sent = replay(settings, model, rows, drift_spec, lambda batch: predict_local(settings, model, batch))
     _wait_for(lambda: len(read(logged, model)) >= before + sent, 60, "the prediction log to be flushed")
     step("drift job: Evidently on the window vs the model's training holdout -> Pushgateway + MLflow report")
     result = drift.run(settings, model, "1h")
@@ -57,11 +61,12 @@ def _drift_loop(settings: Settings, model: str, ts: object, step: Callable[[str]
     lines = [f"  drift            {', '.join(result.drifted)} drifted; mlflow run {result.run_id}",
              f"  alert            {a['alert']} firing since {a['since']}, in Alertmanager (`keel alerts`)"]
     if settings.retraining:
-        lines += _retrain_loop(settings, model, str(a["since"]), step)
+        lines += _retrain_loop(settings, model, str(a["since"]), _instances(ts, 1), step)
     return lines
 
 
-def _retrain_loop(settings: Settings, model: str, alert_since: str, step: Callable[[str], None]) -> list[str]:
+def _retrain_loop(settings: Settings, model: str, alert_since: str, probe: list[dict[str, object]],
+                  step: Callable[[str], None]) -> list[str]:
     """Alertmanager has sent the alert to the controller: follow its trigger through Airflow to the new
     champion answering, and print the timeline."""
     import json
@@ -86,7 +91,7 @@ def _retrain_loop(settings: Settings, model: str, alert_since: str, step: Callab
     t = done[-1]  # type: ignore[index]
     records = [json.loads(line) for line in settings.audit_log.read_text().splitlines()]
     promoted = [r for r in records if r["action"] == "promote" and r["actor"] == "airflow"]
-    answer = predict_local(settings, model, [{"customer_id": 1, "merchant_id": 1, "amount": 10.0}])
+    answer = predict_local(settings, model, probe)
     served_at = datetime.now(UTC).isoformat(timespec="seconds")[:19]
     triggered = next((r["time"][:19] for r in records if r["action"] == "retrain-triggered"), "-")
     step(f"DAG run {t['run_id']} {t['state']}; the endpoint now answers with v{answer['version']}")
@@ -114,39 +119,48 @@ def _wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
         time.sleep(1.0)
 
 
-def run_demo(settings: Settings, transactions: int = 100_000, model: str = "fraud",
-             feature_service: str = "fraud_model_v1", echo: Echo = print, drift: bool = True) -> dict[str, object]:
-    from keel.features import store, training
-    from keel.features.datagen import GenSpec, generate, write
-    from keel.registry.client import Registry
+def run_demo(settings: Settings, rows: int | None = None, model: str | None = None, echo: Echo = print,
+             drift: bool = True) -> dict[str, object]:
+    from keel.client import Client
+    from keel.errors import KeelError
+    from keel.features import store
     from keel.serving.deploy import LocalTarget, predict_local
-    from keel.serving.spec import ServeSpec
     from keel.stack import Stack
-    from keel.train import train_fraud_model
 
+    client = Client(settings)
+    project = client.project
+    model = model or project.demo.model or next(iter(project.models), None)
+    if model is None:
+        raise KeelError(f"{project.path}: no models to run the demo with")
+    spec = project.model(model)
+    rows = rows or project.demo.rows
     t0 = time.monotonic()
 
     def step(msg: str) -> None:
         echo(f"[{time.monotonic() - t0:6.1f}s] {msg}")
 
+    step(f"project {project.name} ({project.path}); model '{model}' ({spec.task})")
     step("starting the local stack (MLflow, Redis, Prometheus, Pushgateway, Alertmanager"
          + (", Airflow, keel controller)" if settings.retraining else ")"))
     Stack(settings).up()
-    step(f"generating {transactions:,} labelled transactions and feature snapshots")
-    spec = GenSpec(transactions=transactions, customers=max(500, transactions // 20))
-    paths = write(generate(spec), settings.data_dir)
+    if project.data.generate:
+        step(f"generating {rows:,} labelled events and feature snapshots ({project.data.generate})")
+        with store.with_home(settings):
+            project.load_entry(project.data.generate, "data.generate")(rows=rows)
     step("applying the Feast feature repo")
     store.apply(settings)
-    step("materializing features into Redis (each view's TTL window: the data was just regenerated)")
+    step("materializing features into Redis (each view's TTL window: the data was just generated)")
     store.materialize(settings, full=True)
-    step(f"building a point-in-time training set from feature service '{feature_service}'")
-    ts = training.build(settings, feature_service, paths["transactions"])
-    step(f"training on {len(ts.frame):,} rows x {len(ts.features)} features (time split)")
-    trained = train_fraud_model(ts)
-    registry = Registry(settings)
+    step(f"building a point-in-time training set from feature service '{spec.feature_service}'")
+    ts = client.training_set(model)
+    for w in ts.warnings:
+        step(f"warning: {w}")
+    step(f"training on {len(ts.frame):,} rows x {len(ts.features)} features ({spec.train})")
+    trained = project.entry_point(model)(ts, **spec.params)
     step("registering in MLflow with lineage (alias 'challenger')")
-    v = registry.register(trained.model, model, ts, trained.holdout, trained.metrics, trained.params,
-                          reason="make demo")
+    v = client.register(trained.model, model, training_set=ts, holdout=trained.holdout, metrics=trained.metrics,
+                        params=trained.params, reason="make demo")
+    registry = client._registry()
     step("promotion gate: challenger vs champion on the same holdout")
     gate = registry.gate(model)
     if gate.passed:
@@ -160,26 +174,27 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
     target = LocalTarget(settings)
     existing = target.specs().get(model)
     port = existing.port if existing else settings.serving_port
-    step(f"serving champion v{champion.version} with KServe on port {port} (features looked up from Redis)")
-    deployed = target.deploy(ServeSpec(model=model, alias="champion", runtime="kserve", port=port))
-    drift_report = _drift_loop(settings, model, ts, step) if drift else []
-    recent = ts.frame.sort_values("event_timestamp").tail(5)
-    instances = [{k: int(r[k]) for k in ts.entity_keys} | {"amount": float(r["amount"])} for _, r in recent.iterrows()]
+    step(f"serving champion v{champion.version} with {spec.serving.runtime} on port {port} "
+         "(features looked up from Redis)")
+    deployed = client.deploy(model, "champion", port=port)
+    drift_report = _drift_loop(settings, model, ts, project.demo.drift, step) if drift and project.demo.drift else []
+    instances = _instances(ts, 5)
     served = predict_local(settings, model, instances)
-    sample = recent.iloc[-1]
+    final = registry.resolve(model, "champion")  # the state at the end: retraining may have promoted another
     lines = [
         "",
         "keel demo: done",
         f"  MLflow UI        {settings.tracking_uri}/#/models/{model}",
-        f"  model            {model} v{champion.version} (champion)",
+        f"  model            {model} v{final.version} (champion)"
+        + (f", first trained as v{champion.version}" if final.version != champion.version else ""),
         f"  gate             {gate.metric}: challenger {gate.challenger:.4f} vs champion "
         + (f"{gate.champion:.4f}" if gate.champion is not None else "(none yet)"),
         "  holdout metrics  " + ", ".join(f"{k}={val:.4f}" for k, val in trained.metrics.items()),
         "  lineage",
     ]
     for key in ("feature_service", "feature_views", "feature_definition_hash", "training_window_start",
-                "training_window_end", "training_set_hash", "git_sha", "keel_version"):
-        lines.append(f"    {key:<24} {champion.tags.get('keel.' + key, '-')}")
+                "training_window_end", "training_set_hash", "created_filter", "git_sha", "keel_version"):
+        lines.append(f"    {key:<24} {final.tags.get('keel.' + key, '-')}")
     lines += [
         f"  training set     {ts.snapshot}",
         f"  serving          {deployed.url}/v1/models/{model}:predict (v{served['version']}, {deployed.runtime})",
@@ -187,15 +202,16 @@ def run_demo(settings: Settings, transactions: int = 100_000, model: str = "frau
         "  predictions",
     ]
     for inst, score, degraded in zip(instances, served["predictions"], served["degraded_rows"], strict=True):
-        lines.append(f"    customer {inst['customer_id']:>6} merchant {inst['merchant_id']:>4} amount "
-                     f"{inst['amount']:>9.2f} -> fraud probability {score:.4f}" + ("  (degraded)" if degraded else ""))
+        shown = " ".join(f"{k}={val}" for k, val in inst.items())
+        value = f"{score:.4f}" if isinstance(score, float) else str(score)
+        lines.append(f"    {shown} -> {value}" + ("  (degraded)" if degraded else ""))
+    example = " ".join(f"--entity {k}={val}" for k, val in instances[-1].items())
     lines += [
-        f"  try it           .venv/bin/keel predict {model} --entity customer_id={int(sample['customer_id'])} "
-        f"--entity merchant_id={int(sample['merchant_id'])} --entity amount=250",
+        f"  try it           .venv/bin/keel predict {model} {example}",
         f"  audit            {len(registry.audit.records(model))} records (`keel audit {model}`)",
         "  stop the stack   .venv/bin/keel down",
         f"  took             {time.monotonic() - t0:.1f}s",
     ]
     for line in lines:
         echo(line)
-    return {"model": model, "version": champion.version, "gate": gate, "predictions": served}
+    return {"model": model, "version": final.version, "gate": gate, "predictions": served}

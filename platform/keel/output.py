@@ -39,3 +39,19 @@ def _cell(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(map(str, v)) or "-"
     return str(v)
+
+
+def progress_printer() -> Any:
+    """Progress lines for long work (training sets, training, uploads) with elapsed time, on stderr when
+    a person is watching (a TTY); scripts and pipes get only the result."""
+    import sys
+    import time
+
+    if not sys.stderr.isatty():
+        return lambda msg: None
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say

@@ -8,7 +8,6 @@ skipped when the run's version is already champion, and a rollout redeploys to t
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from typing import Any
@@ -16,52 +15,48 @@ from typing import Any
 from keel.config import Settings, load_settings
 from keel.errors import GateRefusedError, KeelError
 
-DEFAULTS = {"feature_service": "fraud_model_v1", "train": "keel.train:train_fraud_model", "params": {},
-            "canary_percent": 10, "smoke_requests": 20, "labels": None}
+RUN_KEYS = ("params", "labels", "canary_percent", "smoke_requests")
 
 
-def validate_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
-    """The run's conf merged over the defaults, each value checked, with an error naming the bad one."""
+def validate_conf(conf: dict[str, Any] | None, spec: Any = None) -> dict[str, Any]:
+    """The run's conf (what a trigger may override for one run) over the model's spec, each value
+    checked, with an error naming the bad one. The spec supplies everything else."""
     conf = dict(conf or {})
-    unknown = sorted(set(conf) - set(DEFAULTS) - {"reason", "trigger"})
+    unknown = sorted(set(conf) - set(RUN_KEYS) - {"reason", "trigger"})
     if unknown:
-        raise KeelError(f"unknown conf key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(DEFAULTS))}, "
+        raise KeelError(f"unknown conf key(s) {', '.join(unknown)}; valid keys: {', '.join(RUN_KEYS)}, "
                         f"reason, trigger")
-    out = {**DEFAULTS, **conf}
+    base: dict[str, Any] = {"params": {}, "labels": None, "canary_percent": 10, "smoke_requests": 20}
+    if spec is not None:
+        base.update(params=dict(spec.params), canary_percent=spec.rollout.canary_percent,
+                    smoke_requests=spec.rollout.smoke_requests)
+    if not isinstance(conf.get("params", {}), dict):
+        raise KeelError(f"conf params={conf['params']!r}: expected an object of keyword arguments for the entry point")
+    out = {**base, **conf, "params": {**base["params"], **conf.get("params", {})}}
     pct = out["canary_percent"]
     if not isinstance(pct, int | float) or isinstance(pct, bool) or not 0 <= pct <= 100:
         raise KeelError(f"conf canary_percent={pct!r}: expected a number from 0 to 100")
     n = out["smoke_requests"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise KeelError(f"conf smoke_requests={n!r}: expected a positive integer")
-    if not isinstance(out["params"], dict):
-        raise KeelError(f"conf params={out['params']!r}: expected an object of keyword arguments for the entry point")
-    if not isinstance(out["train"], str) or ":" not in out["train"]:
-        raise KeelError(f"conf train={out['train']!r}: expected 'module:function'")
+    if out["labels"] is not None and not isinstance(out["labels"], str):
+        raise KeelError(f"conf labels={out['labels']!r}: expected a path or URI of labelled events")
     return out
 
 
-def _entry_point(spec: str) -> Any:
-    module, _, fn = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as exc:
-        raise KeelError(f"training entry point '{spec}' cannot be loaded ({exc})") from None
-
-
 def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
-    """Point-in-time training set -> the model's entry point -> registered as challenger (once per run)."""
-    from keel.features import training
-    from keel.registry.client import Registry
+    """Point-in-time training set -> the model's entry point (keel.yaml) -> registered as challenger (once
+    per run: the run id is the idempotency key)."""
+    from keel.client import Client
 
-    conf = validate_conf(conf)
-    registry = Registry(settings)
-    labels = conf["labels"] or settings.data_dir / "transactions.parquet"
-    ts = training.build(settings, conf["feature_service"], labels)
-    trained = _entry_point(conf["train"])(ts, **conf["params"])
-    v = registry.register(trained.model, model, ts, trained.holdout, trained.metrics, trained.params,
-                          idempotency_key=run_id, reason=f"retrain {run_id}: {conf.get('reason', '')}".strip(),
-                          actor="airflow")
+    client = Client(settings)
+    spec = client.model_spec(model)
+    conf = validate_conf(conf, spec)
+    ts = client.training_set(model, labels=conf["labels"])
+    trained = client.project.entry_point(model)(ts, **conf["params"])
+    v = client.register(trained.model, model, training_set=ts, holdout=trained.holdout, metrics=trained.metrics,
+                        params=trained.params, idempotency_key=run_id,
+                        reason=f"retrain {run_id}: {conf.get('reason', '')}".strip())
     return {"version": v.version, "training_set_hash": ts.snapshot_hash, "rows": len(ts.frame)}
 
 
@@ -97,7 +92,7 @@ def rollout(settings: Settings, model: str, run_id: str, decision: dict[str, Any
     from keel.serving.deploy import LocalTarget, predict_local
     from keel.serving.spec import ServeSpec
 
-    conf = validate_conf(conf)
+    conf = validate_conf(conf, settings.spec().models.get(model))
     if not decision.get("promoted"):
         return {"outcome": "refused", "champion": decision.get("champion")}
     target = LocalTarget(settings)
@@ -111,34 +106,56 @@ def rollout(settings: Settings, model: str, run_id: str, decision: dict[str, Any
     if old and old != new and conf["canary_percent"] > 0:
         target.deploy(ServeSpec(model=model, version=old, canary_alias="champion",
                                 canary_weight=conf["canary_percent"] / 100.0, **base))
-    ok, detail = _smoke(settings, model, conf["smoke_requests"], predict_local)
+    probes = _smoke_instances(registry, model, new, conf["smoke_requests"])
+    task = registry.version(model, new).tags.get("keel.task", "binary")
+    ok, detail = _smoke(settings, model, probes, predict_local, task)
     if not ok:
         registry.rollback(model, reason=f"retrain {run_id}: smoke check failed ({detail})", actor="airflow")
         target.deploy(ServeSpec(model=model, alias="champion", **base))
         return {"outcome": "rolled_back", "champion": old, "smoke": detail}
     target.deploy(ServeSpec(model=model, alias="champion", **base))
-    first = predict_local(settings, model, _smoke_instances(settings, 1))
+    first = predict_local(settings, model, probes[:1])
     return {"outcome": "promoted", "champion": new, "deployed": True, "first_prediction_version": first["version"],
             "first_prediction_at": time.time()}
 
 
-def _smoke_instances(settings: Settings, n: int) -> list[dict[str, Any]]:
-    import pandas as pd
+def _smoke_instances(registry: Any, model: str, version: str, n: int) -> list[dict[str, Any]]:
+    """Real requests for the smoke check: the new version's own holdout rows (entity keys and request
+    values as recorded in lineage), never hand-written columns."""
+    v = registry.version(model, version)
+    fields = [f for f in (v.tags.get("keel.entity_keys", "") + "," + v.tags.get("keel.request_fields", "")).split(",")
+              if f]
+    holdout = registry._holdout(v)
+    missing = [f for f in fields if f not in holdout.columns]
+    if not fields or missing:
+        raise KeelError(f"model '{model}' v{version}'s holdout lacks request field(s) {', '.join(missing or fields)}; "
+                        "register it with keel 0.1+ to get smoke traffic")
+    rows = holdout[fields].dropna().tail(n)
+    return [{k: (x.item() if hasattr(x, "item") else x) for k, x in r.items()} for r in rows.to_dict("records")]
 
-    events = pd.read_parquet(settings.data_dir / "transactions.parquet", columns=["customer_id", "merchant_id",
-                                                                                  "amount"]).tail(n)
-    return [{"customer_id": int(r.customer_id), "merchant_id": int(r.merchant_id), "amount": float(r.amount)}
-            for r in events.itertuples()]
 
+def _smoke(settings: Settings, model: str, probes: list[dict[str, Any]], predict: Any,
+           task: str = "binary") -> tuple[bool, str]:
+    """Every probe answered, with outputs of the version's task: probabilities in [0, 1] (per class
+    summing to 1 for multiclass), finite values for regression."""
+    import math
 
-def _smoke(settings: Settings, model: str, n: int, predict: Any) -> tuple[bool, str]:
     try:
-        out = predict(settings, model, _smoke_instances(settings, n))
+        out = predict(settings, model, probes)
     except KeelError as exc:
         return False, str(exc)
     scores = out.get("predictions", [])
-    if len(scores) != n or any(not 0.0 <= float(s) <= 1.0 for s in scores):
-        return False, f"{len(scores)} answers for {n} requests, or scores outside [0, 1]"
+    n = len(probes)
+    if len(scores) != n:
+        return False, f"{len(scores)} answers for {n} requests"
+    for s in scores:
+        if isinstance(s, list):
+            if any(not 0.0 <= float(p) <= 1.0 for p in s) or abs(sum(map(float, s)) - 1.0) > 1e-3:
+                return False, f"class probabilities {s} are not a distribution"
+        elif not isinstance(s, int | float) or not math.isfinite(float(s)):
+            return False, f"non-finite prediction {s!r}"
+        elif task == "binary" and not 0.0 <= float(s) <= 1.0:
+            return False, f"score {s} outside [0, 1]"
     return True, f"{n} answers"
 
 
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xcom", action="store_true", help="also write the result where KubernetesPodOperator reads it")
     a = ap.parse_args(argv)
     s, conf, prev = load_settings(), json.loads(a.conf), json.loads(a.input)
-    steps = {"validate": lambda: validate_conf(conf), "train": lambda: train(s, a.model, a.run_id, conf),
+    steps = {"validate": lambda: validate_conf(conf, s.spec().models.get(a.model)),
+             "train": lambda: train(s, a.model, a.run_id, conf),
              "gate": lambda: gate(s, a.model, a.run_id, prev["version"]),
              "rollout": lambda: rollout(s, a.model, a.run_id, prev, conf)}
     out = json.dumps(steps[a.step]())

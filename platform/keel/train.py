@@ -1,18 +1,22 @@
-"""The fraud model's training entry point: time-based split, xgboost, holdout metrics.
+"""The contract between keel and a team's training function, and two helpers such functions use.
 
-A time split (not a random one) is used because the model will score future transactions; a random
-split leaks tomorrow's customer behaviour into today's training rows.
+A training entry point (``train: module:function`` in keel.yaml) takes a keel TrainingSet and keyword
+parameters and returns ``Trained``: the fitted model, its train and holdout frames, holdout metrics and
+the parameters used. keel registers exactly that; how the model is fitted is the team's business.
+
+``time_split`` splits by time (not at random) because a model scores future events: a random split
+leaks tomorrow's behaviour into today's training rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from keel.errors import KeelError
 
-from keel.errors import KeelError, require
-from keel.registry import metrics as m
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -33,19 +37,9 @@ def time_split(frame: pd.DataFrame, holdout_fraction: float = 0.2,
     return ordered.iloc[:cut], ordered.iloc[cut:]
 
 
-def train_fraud_model(training_set: Any, holdout_fraction: float = 0.2, seed: int = 0,
-                      **overrides: Any) -> Trained:
-    """Fit an XGBoost classifier on a keel TrainingSet. ``overrides`` go to XGBClassifier."""
-    xgb = require("xgboost", "train")
-    feats, label = training_set.features, training_set.label
-    train, holdout = time_split(training_set.frame, holdout_fraction)
-    if train[label].nunique() < 2:
-        raise KeelError(f"training rows have a single class in '{label}'; need both to train a classifier")
-    params: dict[str, Any] = {"n_estimators": 150, "max_depth": 4, "learning_rate": 0.1, "subsample": 0.9,
-                              "random_state": seed, "n_jobs": 2, "tree_method": "hist", **overrides}
-    model = xgb.XGBClassifier(**params)
-    model.fit(train[feats], train[label])
-    score = m.scores(model, holdout[feats])
-    y = holdout[label].to_numpy()
-    metrics = {name: m.metric(name)(y, score) for name in ("roc_auc", "pr_auc", "log_loss")}
-    return Trained(model, train, holdout, metrics, params)
+def evaluate(model: Any, holdout: pd.DataFrame, features: list[str], label: str, task: str) -> dict[str, float]:
+    """The task's holdout metrics for ``model`` (what `keel models show` reports for each task)."""
+    from keel.registry import metrics as m
+
+    out = m.scores(model, holdout[features], task)
+    return m.evaluate(task, holdout[label].to_numpy(), out, m.classes_of(model))

@@ -532,3 +532,18 @@ def test_keel_deploy_to_a_cluster_target_rejects_shadow(tmp_path: Path) -> None:
                     isolated_settings(tmp_path / "k"))
     assert proc.returncode == 2 and "--shadow is served by the local target only" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_chart_values_from_a_project_spec_serve_and_watch_each_model(tmp_path: Path) -> None:
+    """`keel chart-values` turns the spec's models into the chart's `models:`; the chart renders a
+    serving object and a drift CronJob for each, and the values pass the schema."""
+    s = isolated_settings(tmp_path / "keel", project=ROOT / "examples" / "delivery")
+    proc = run_keel(["chart-values"], s)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "models.yaml"
+    path.write_text(proc.stdout)
+    docs = render(tmp_path, "-f", str(path))
+    isvcs = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "InferenceService")
+    crons = [d["metadata"]["name"] for d in docs if d["kind"] == "CronJob"]
+    assert isvcs == ["delivery-speed", "delivery-time"]
+    assert sorted(crons) == ["delivery-speed-drift", "delivery-time-drift"]

@@ -13,7 +13,7 @@ import pytest
 from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.supervisor import _group_members
-from tests.conftest import isolated_settings
+from tests.conftest import build_fraud, isolated_settings
 
 DATA_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -42,8 +42,9 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def feature_data(stack: Stack, stack_settings: Settings) -> dict[str, Path]:
     """Generated fraud data ending at a fixed time, applied to Feast and materialized into Redis."""
+    from examples.fraud.fraud_data import GenSpec, generate, write
+
     from keel.features import store
-    from keel.features.datagen import GenSpec, generate, write
 
     paths = write(generate(GenSpec(transactions=20_000, customers=800, merchants=60, days=10, end=DATA_END)),
                   stack_settings.data_dir)
@@ -54,16 +55,16 @@ def feature_data(stack: Stack, stack_settings: Settings) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def training_set(feature_data: dict[str, Path], stack_settings: Settings):
-    from keel.features import training
 
-    return training.build(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))
+    return build_fraud(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))
 
 
 @pytest.fixture(scope="session")
 def served_model(training_set, stack_settings: Settings) -> dict[str, str]:
     """'fraud_serve': v1 champion, v2 (a different model) challenger."""
+    from examples.fraud.fraud_model import train_fraud_model
+
     from keel.registry.client import Registry
-    from keel.train import train_fraud_model
 
     reg = Registry(stack_settings)
     first = train_fraud_model(training_set)

@@ -11,7 +11,7 @@ from tests.conftest import isolated_settings, run_keel
 
 def test_demo_end_to_end_then_down(tmp_path: Path) -> None:
     tmp_settings = isolated_settings(tmp_path / "keel", retraining=True, start_timeout=180.0)
-    proc = run_keel(["demo", "--transactions", "20000"], tmp_settings, timeout=900)
+    proc = run_keel(["demo", "--rows", "20000"], tmp_settings, timeout=900)
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout
@@ -27,7 +27,9 @@ def test_demo_end_to_end_then_down(tmp_path: Path) -> None:
         audit = json.loads(run_keel(["audit", "-o", "json"], tmp_settings).stdout)
         actions = [a["action"] for a in audit]
         assert actions[:2] == ["register", "promote"] and actions[-1] == "retrain-completed", actions
-        assert "-> fraud probability" in out and "serving          http://127.0.0.1:" in out
+        assert "customer_id=" in out and "serving          http://127.0.0.1:" in out
+        # the closing summary shows the state at the end: v2, promoted by the retraining loop
+        assert "model            fraud v2 (champion), first trained as v1" in out, out[-3000:]
         status = json.loads(run_keel(["status", "-o", "json"], tmp_settings).stdout)
         assert {s["service"]: s["state"] for s in status} == {
             "mlflow": "healthy", "redis": "healthy", "prometheus": "healthy", "pushgateway": "healthy",

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from keel.config import Settings
-from tests.conftest import free_ports, run_keel
+from tests.conftest import build_fraud, free_ports, run_keel
 from tests.integration.conftest import DATA_END
 
 MODEL = "fraud_drift"
@@ -53,12 +53,13 @@ def drifted_traffic(feature_data: dict[str, Path], training_set: Any, stack_sett
                     deployer: Any) -> dict[str, Any]:
     """A model on fraud_model_lite (5 features) served locally; requests whose feature rows are the
     holdout's own rows (written to Redis under fresh entity ids), with two features multiplied."""
-    from keel.features import training
+    from examples.fraud.fraud_model import train_fraud_model
+
     from keel.monitoring.inject import replay
     from keel.registry.client import Registry
-    from keel.train import time_split, train_fraud_model
+    from keel.train import time_split
 
-    lite = training.build(stack_settings, "fraud_model_lite", pd.read_parquet(feature_data["transactions"]))
+    lite = build_fraud(stack_settings, "fraud_model_lite", pd.read_parquet(feature_data["transactions"]))
     trained = train_fraud_model(lite)
     reg = Registry(stack_settings)
     reg.register(trained.model, MODEL, lite, trained.holdout, trained.metrics)

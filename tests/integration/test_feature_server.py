@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from keel.config import Settings
 from keel.features import store
-from keel.stack.health import http_ok, wait_until
+from keel.infra.probes import http_ok, wait_until
 from keel.stack.supervisor import _group_members
 from tests.conftest import KEEL, ROOT, free_ports, keel_env, run_keel
 from tests.integration.conftest import DATA_END

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from examples.fraud.fraud_data import MERCHANT_FEATURES, SPEND_FEATURES
 
 from keel.config import Settings
 from keel.errors import NotFoundError
 from keel.features import store, training
-from keel.features.datagen import MERCHANT_FEATURES, SPEND_FEATURES
-from tests.conftest import run_keel
+from tests.conftest import build_fraud, run_keel
 from tests.integration.conftest import DATA_END
 
 
@@ -62,12 +62,12 @@ def test_training_set_snapshot_is_content_addressed(training_set: training.Train
     assert ts.features[:3] == ["txn_count_1h", "amount_sum_1h", "txn_count_24h"]
     assert pd.read_parquet(ts.snapshot).shape == ts.frame.shape
     shuffled = pd.read_parquet(feature_data["transactions"]).sample(frac=1.0, random_state=3)
-    again = training.build(stack_settings, "fraud_model_v1", shuffled)
+    again = build_fraud(stack_settings, "fraud_model_v1", shuffled)
     assert again.snapshot_hash == ts.snapshot_hash
-    fewer = training.build(stack_settings, "fraud_model_v1", shuffled.head(1000))
+    fewer = build_fraud(stack_settings, "fraud_model_v1", shuffled.head(1000))
     assert fewer.snapshot_hash != ts.snapshot_hash
     assert again.definition_hash == ts.definition_hash
-    lite = training.build(stack_settings, "fraud_model_lite", shuffled.head(1000))
+    lite = build_fraud(stack_settings, "fraud_model_lite", shuffled.head(1000))
     assert lite.definition_hash != ts.definition_hash
 
 
@@ -75,8 +75,9 @@ def test_unknown_feature_service_lists_the_valid_ones(feature_data: dict[str, Pa
                                                       stack_settings: Settings) -> None:
     with pytest.raises(NotFoundError, match="unknown feature service 'fraud_v9'; valid choices: fraud_model_lite, "
                                             "fraud_model_v1"):
-        training.build(stack_settings, "fraud_v9", pd.read_parquet(feature_data["transactions"]).head(10))
-    proc = run_keel(["features", "training-set", "fraud_v9"], stack_settings)
+        build_fraud(stack_settings, "fraud_v9", pd.read_parquet(feature_data["transactions"]).head(10))
+    proc = run_keel(["features", "training-set", "--feature-service", "fraud_v9", "--labels",
+                     str(feature_data["transactions"]), "--label", "is_fraud"], stack_settings)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "unknown feature service 'fraud_v9'" in proc.stderr and "fraud_model_v1" in proc.stderr
 
@@ -84,7 +85,7 @@ def test_unknown_feature_service_lists_the_valid_ones(feature_data: dict[str, Pa
 def test_labels_missing_a_needed_column(feature_data: dict[str, Path], stack_settings: Settings) -> None:
     events = pd.read_parquet(feature_data["transactions"]).head(10).drop(columns=["amount"])
     with pytest.raises(Exception, match="lack column\\(s\\) amount"):
-        training.build(stack_settings, "fraud_model_v1", events)
+        build_fraud(stack_settings, "fraud_model_v1", events)
 
 
 def test_apply_of_a_second_repo_in_one_process_reads_its_own_definitions(
@@ -94,7 +95,7 @@ def test_apply_of_a_second_repo_in_one_process_reads_its_own_definitions(
     repo = tmp_path / "other_repo"
     repo.mkdir()
     (repo / "feature_store.yaml").write_text(
-        (stack_settings.feature_repo / "feature_store.yaml").read_text().replace("keel_fraud", "other"))
+        (stack_settings.repo / "feature_store.yaml").read_text().replace("keel_fraud", "other"))
     (repo / "definitions.py").write_text(
         "from datetime import timedelta\n"
         "from feast import Entity, FeatureView, Field, FileSource\n"

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from keel.infra.probes import http_ok, wait_until
 from keel.registry.client import Registry
-from keel.stack.health import http_ok, wait_until
 from keel.stack.supervisor import _group_members
 from tests.conftest import ROOT, free_ports, isolated_settings, run_keel
 

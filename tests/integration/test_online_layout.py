@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from keel.features import online
+from keel.features import redis as online
 from keel.features.store import open_store
 from keel.stack import Stack
 from keel.stack.supervisor import _group_members

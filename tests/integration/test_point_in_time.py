@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from examples.fraud.fraud_data import MERCHANT_FEATURES, PROFILE_FEATURES, SPEND_FEATURES, write
 
 from keel.config import Settings
 from keel.errors import KeelError
 from keel.features import pit, store, training
-from keel.features.datagen import MERCHANT_FEATURES, PROFILE_FEATURES, SPEND_FEATURES, write
 from keel.stack import Stack
+from tests.conftest import build_fraud
 from tests.integration.pit_reference import brute_force
 
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -117,7 +118,7 @@ def test_training_set_equals_brute_force(pit_settings: Settings, seed: int, engi
     tables, events, expected = _case(seed)
     write(tables, pit_settings.data_dir)
     store.apply(pit_settings)
-    ts = training.build(pit_settings, "fraud_model_v1", events, engine=engine)
+    ts = build_fraud(pit_settings, "fraud_model_v1", events, engine=engine)
     assert ts.engine == engine  # keel's engine ran, rather than falling back to Feast
     assert len(ts.frame) == len(events)
     assert _mismatches(ts.frame, expected) == dict.fromkeys(FEATURES, 0)
@@ -141,8 +142,8 @@ def test_engines_give_identical_training_sets(pit_settings: Settings, seed: int,
     write(tables, pit_settings.data_dir)
     store.apply(pit_settings)
     for service in ("fraud_model_v1", "fraud_model_lite"):
-        keel = training.build(pit_settings, service, events, out_dir=tmp_path / "keel")
-        feast = training.build(pit_settings, service, events, out_dir=tmp_path / "feast", engine="feast")
+        keel = build_fraud(pit_settings, service, events, out_dir=tmp_path / "keel")
+        feast = build_fraud(pit_settings, service, events, out_dir=tmp_path / "feast", engine="feast")
         assert (keel.engine, feast.engine) == ("keel", "feast")
         _assert_same_training_set(keel, feast)
         assert keel.snapshot.name == feast.snapshot.name
@@ -153,9 +154,9 @@ def test_engines_agree_on_the_demo_data(training_set: training.TrainingSet, feat
     """The session's training set (keel's engine, generated fraud data) is Feast's, to the byte of its hash."""
     events = pd.read_parquet(feature_data["transactions"])
     assert training_set.engine == "keel"
-    _assert_same_training_set(training_set, training.build(stack_settings, "fraud_model_v1", events,
+    _assert_same_training_set(training_set, build_fraud(stack_settings, "fraud_model_v1", events,
                                                            out_dir=tmp_path, engine="feast"))
-    lite = [training.build(stack_settings, "fraud_model_lite", events, out_dir=tmp_path, engine=e)
+    lite = [build_fraud(stack_settings, "fraud_model_lite", events, out_dir=tmp_path, engine=e)
             for e in ("keel", "feast")]
     _assert_same_training_set(*lite)
 
@@ -170,7 +171,7 @@ def test_unsupported_requests_go_to_feast(pit_settings: Settings) -> None:
     job = pit.get_historical_features(fs, events, service, filter_by_created_timestamp=False)
     assert not pit.is_keel_job(job) and len(job.to_df()) == len(events)
     with pytest.raises(KeelError, match="unknown engine 'spark'; valid choices: keel, feast"):
-        training.build(pit_settings, "fraud_model_lite", events, engine="spark")
+        build_fraud(pit_settings, "fraud_model_lite", events, engine="spark")
 
 
 @pytest.mark.parametrize("engine", ["keel", "feast"])
@@ -190,6 +191,6 @@ def test_late_rows_do_not_leak_into_earlier_events(pit_settings: Settings, tmp_p
     store.apply(pit_settings)
     events = pd.DataFrame({"customer_id": [1, 1], "merchant_id": [1, 1], "amount": [5.0, 5.0],
                            "event_timestamp": [at(12), at(16)], "is_fraud": [0, 1]})
-    ts = training.build(pit_settings, "fraud_model_v1", events, out_dir=tmp_path, engine=engine)
+    ts = build_fraud(pit_settings, "fraud_model_v1", events, out_dir=tmp_path, engine=engine)
     assert ts.engine == engine
     assert ts.frame.sort_values("event_timestamp")["amount_mean_24h"].tolist() == [1, 2]

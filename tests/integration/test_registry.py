@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from examples.fraud.fraud_model import train_fraud_model
 
 from keel.config import Settings
 from keel.errors import GateRefusedError, KeelError, NotFoundError
 from keel.features.training import TrainingSet
 from keel.registry.client import Registry
 from keel.registry.lineage import LINEAGE_KEYS
-from keel.train import train_fraud_model
 from tests.conftest import run_keel
 
 

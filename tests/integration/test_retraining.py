@@ -19,7 +19,7 @@ import pytest
 from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.supervisor import _group_members
-from tests.conftest import isolated_settings, run_keel
+from tests.conftest import build_fraud, isolated_settings, run_keel
 
 MODEL = "fraud"  # dags/retrain.yaml declares its DAG
 END = datetime(2026, 11, 1, tzinfo=UTC)
@@ -47,12 +47,13 @@ def _json(url: str, body: Any = None, token: str | None = None, method: str | No
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Its own stack with Airflow and the controller; fraud v1 trained, promoted and served."""
-    from keel.features import store, training
-    from keel.features.datagen import GenSpec, generate, write
+    from examples.fraud.fraud_data import GenSpec, generate, write
+    from examples.fraud.fraud_model import train_fraud_model
+
+    from keel.features import store
     from keel.registry.client import Registry
     from keel.serving.deploy import LocalTarget
     from keel.serving.spec import ServeSpec
-    from keel.train import train_fraud_model
 
     s = isolated_settings(tmp_path_factory.mktemp("loop") / "keel", retraining=True, retrain_cooldown_s=0.0,
                           actor="pytest", start_timeout=180.0)
@@ -64,7 +65,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
                       s.data_dir)
         store.apply(s)
         store.materialize(s, end=END)
-        ts = training.build(s, "fraud_model_v1", pd.read_parquet(paths["transactions"]))
+        ts = build_fraud(s, "fraud_model_v1", pd.read_parquet(paths["transactions"]))
         first = train_fraud_model(ts)
         reg = Registry(s)
         reg.register(first.model, MODEL, ts, first.holdout, first.metrics)

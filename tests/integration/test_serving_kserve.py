@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keel.config import Settings
-from keel.features import training
 from keel.registry.client import Registry
 from keel.stack.services import DEPLOYMENT_PREFIX
-from tests.conftest import free_ports, run_keel
+from tests.conftest import build_fraud, free_ports, run_keel
 from tests.integration.conftest import DATA_END
 
 MODEL = "fraud_serve"
@@ -50,7 +49,7 @@ def test_train_serve_consistency(kserve_url: str, feature_data: dict[str, Path],
 
     events = pd.DataFrame(instances).assign(event_timestamp=pd.Timestamp(DATA_END) + pd.Timedelta(hours=1),
                                             is_fraud=0)
-    offline = training.build(stack_settings, "fraud_model_v1", events, out_dir=stack_settings.home / "tmp")
+    offline = build_fraud(stack_settings, "fraud_model_v1", events, out_dir=stack_settings.home / "tmp")
     reg = Registry(stack_settings)
     v = reg.version(MODEL, served_model["champion"])
     model = reg.load(v)

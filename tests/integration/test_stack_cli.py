@@ -6,7 +6,7 @@ import json
 import socket
 
 from keel.config import Settings
-from keel.stack.health import port_in_use
+from keel.infra.probes import port_in_use
 from keel.stack.supervisor import _group_members
 from tests.conftest import run_keel
 

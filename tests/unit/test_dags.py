@@ -25,12 +25,13 @@ print(json.dumps({{"errors": {{k: str(v)[-500:] for k, v in bag.import_errors.it
 def test_dags_import_cleanly_one_retrain_dag_per_model(tmp_path: Path) -> None:
     if not AIRFLOW_PY.exists():
         pytest.skip("the Airflow venv is missing; `make setup` creates it")
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "KEEL_PROJECT": str(ROOT / "examples" / "fraud")}
     proc = subprocess.run([str(AIRFLOW_PY), "-c", PROBE.format(dags=str(ROOT / "dags"))], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
-    models = yaml.safe_load((ROOT / "dags" / "retrain.yaml").read_text())["models"]
+    models = yaml.safe_load((ROOT / "examples" / "fraud" / "keel.yaml").read_text())["models"]
     expected = {f"keel_retrain__{m}": ["validate", "train", "gate", "rollout"] for m in models}
     assert out["dags"] == {**expected, "keel_materialize": ["materialize"]}

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from examples.fraud.fraud_data import GenSpec, generate, write
 
 from keel.errors import KeelError
-from keel.features.datagen import GenSpec, generate, write
 
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -20,6 +20,7 @@ class FakeOnline:
     def __init__(self) -> None:
         self.entity_keys = ["customer_id"]
         self.request_fields = ["amount"]
+        self.types = {"customer_id": "int", "amount": "float"}
         self.breaker = CircuitBreaker()
 
     def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
@@ -81,9 +82,10 @@ def test_predict_many_batches_per_version_and_isolates_bad_requests() -> None:
     calls: list[int] = []
     original = a.predict
 
-    def counting(instances: Any, role: str = "primary", request_id: str | None = None) -> Any:
+    def counting(instances: Any, role: str = "primary", request_id: str | None = None,
+                 row_ids: list[str] | None = None) -> Any:
         calls.append(len(instances))
-        return original(instances, role, request_id)
+        return original(instances, role, request_id, row_ids)
 
     a.predict = counting  # type: ignore[method-assign]
     out = router.predict_many([[{"customer_id": 1, "amount": 1.0}], [{"customer_id": "bad"}],
@@ -121,3 +123,26 @@ def test_no_gpu_means_cpu_with_a_log_line(caplog: pytest.LogCaptureFixture) -> N
         device = pick_device(True)
     if device == "cpu":  # machines without a GPU (CI): say so
         assert "running the model on CPU" in caplog.text
+
+
+def test_batched_requests_keep_their_own_request_ids_in_answers_and_log() -> None:
+    class Log:
+        dropped = 0
+
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+
+        def sampled(self) -> bool:
+            return True
+
+        def add(self, recs: list[dict[str, Any]]) -> None:
+            self.records.extend(recs)
+
+    p = predictor()
+    p.predlog = Log()  # type: ignore[assignment]
+    out = Router(p).predict_many([[{"customer_id": 1, "amount": 1.0}],
+                                  [{"customer_id": 2, "amount": 2.0}, {"customer_id": 3, "amount": 3.0}]])
+    ids = [r.request_id for r in out]  # type: ignore[union-attr]
+    assert len(set(ids)) == 2
+    assert [r["request_id"] for r in p.predlog.records] == [ids[0], ids[1], ids[1]]  # type: ignore[attr-defined]
+    assert [r["customer_id"] for r in p.predlog.records] == [1, 2, 3]  # type: ignore[attr-defined]

@@ -1,2 +1,2 @@
-"""Features: the fraud-domain data generator and keel's thin layer over Feast (apply, materialize,
+"""Features: keel's thin layer over Feast (apply, materialize,
 point-in-time training sets with content-hashed snapshots)."""

@@ -105,20 +105,20 @@ def make_plan(store: FeatureStore, entity_df: pd.DataFrame, features: FeatureSer
     """Resolve views and features as ``FeatureStore.get_historical_features`` and Feast's ibis PIT do."""
     from feast import utils
     from feast.infra.offline_stores import offline_utils
-    from feast.infra.offline_stores.ibis import _to_utc
     from feast.on_demand_feature_view import OnDemandFeatureView
+
+    from keel.compat import feast as compat
 
     if store.config.offline_store.type != "duckdb":
         raise Unsupported(f"offline store '{store.config.offline_store.type}' (keel reproduces 'duckdb')")
     if not isinstance(entity_df, pd.DataFrame):
         raise Unsupported("entity_df is not a pandas DataFrame")
 
-    refs = utils._get_features(store.registry, store.project, features, allow_cache=True)
-    all_fvs, all_odfvs = utils._get_feature_views_to_use(store.registry, store.project, features)
+    refs, all_fvs, all_odfvs = compat.resolve_features(store, features)
     all_odfvs = copy.deepcopy(all_odfvs)
     for od in all_odfvs:
         od.write_to_online_store = False
-    fvs, odfv_groups = utils._group_feature_refs(refs, all_fvs, all_odfvs)
+    fvs, odfv_groups = compat.group_feature_refs(refs, all_fvs, all_odfvs)
     # ODFV inputs not requested themselves are still retrieved (and returned), as Feast does.
     provider_refs = list(refs)
     seen = set(refs)
@@ -134,9 +134,9 @@ def make_plan(store: FeatureStore, entity_df: pd.DataFrame, features: FeatureSer
         missing = [n for n in od.get_request_data_schema() if n not in df.columns]
         if missing:
             raise Unsupported(f"request data {missing} missing (Feast reports it)")
-    utils._validate_feature_refs(refs, False)
+    compat.validate_feature_refs(refs)
     event_ts = offline_utils.infer_event_timestamp_from_entity_df(dict(zip(df.columns, df.dtypes, strict=True)))
-    df = _to_utc(df, event_ts)
+    df = compat.to_utc(df, event_ts)
 
     times = df[event_ts].dropna()
     if len(times) and max(abs(times.min().year - 1970), abs(times.max().year - 1970)) > 140_000:

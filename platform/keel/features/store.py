@@ -15,6 +15,7 @@ import os
 import string
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import yaml
 
 from keel.config import Settings
 from keel.errors import KeelError, NotFoundError, ServiceUnavailableError, require
-from keel.stack.health import redis_ok
+from keel.infra.probes import redis_ok
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -45,15 +46,15 @@ def repo_config(settings: Settings) -> Any:
     feast = require("feast", "features")
     from feast.repo_config import RepoConfig
 
-    yaml_path = settings.feature_repo / "feature_store.yaml"
+    yaml_path = settings.repo / "feature_store.yaml"
     if not yaml_path.exists():
-        raise KeelError(f"KEEL_FEATURE_REPO={settings.feature_repo}: no feature_store.yaml there")
+        raise KeelError(f"feature repo {settings.repo}: no feature_store.yaml there")
     values = {**os.environ, **placeholders(settings)}
     text = string.Template(yaml_path.read_text()).safe_substitute(values)
     raw = yaml.safe_load(text)
     (settings.home / "feast").mkdir(parents=True, exist_ok=True)
     del feast
-    return RepoConfig(repo_path=settings.feature_repo, **raw)
+    return RepoConfig(repo_path=settings.repo, **raw)
 
 
 def open_store(settings: Settings, serving: bool = False) -> FeatureStore:
@@ -65,7 +66,7 @@ def open_store(settings: Settings, serving: bool = False) -> FeatureStore:
     if serving and cfg.online_store.type == "redis":
         t = settings.feature_timeout_ms / 1000.0
         cfg.online_store.connection_string += f",socket_timeout={t},socket_connect_timeout={t}"
-    fs = FeatureStore(config=cfg)
+    fs = FeatureStore(repo_path=str(settings.repo), config=cfg)
     if serving and cfg.online_store.type == "redis":
         _no_redis_retries(fs)
     return fs
@@ -77,8 +78,9 @@ def _no_redis_retries(fs: FeatureStore) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    online = fs._get_provider().online_store
-    client = online._get_client(fs.config.online_store)
+    from keel.compat.feast import online_client
+
+    client = online_client(fs)
     if hasattr(client, "set_retry"):
         client.set_retry(Retry(NoBackoff(), 0))
 
@@ -92,11 +94,37 @@ def check_online_store(settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def _definitions_see(settings: Settings):
-    """definitions.py reads keel's settings from the environment; make it see these ones."""
+def in_repo(settings: Settings) -> Iterator[Path]:
+    """Run Feast with the feature repo as working directory, as `feast` itself is run: relative source
+    paths (which Feast's DuckDB store and materialization resolve from the CWD) then mean the repo's."""
+    cwd = os.getcwd()
+    repo = settings.repo
+    os.chdir(repo)
+    try:
+        yield repo
+    finally:
+        os.chdir(cwd)
+
+
+@contextlib.contextmanager
+def with_home(settings: Settings) -> Iterator[None]:
+    """A project's own code (feature definitions, data hooks) that reads keel's settings from the
+    environment sees these settings' state directory."""
     saved = os.environ.get("KEEL_HOME")
     os.environ["KEEL_HOME"] = str(settings.home)
-    repo = str(settings.feature_repo)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("KEEL_HOME", None)
+        else:
+            os.environ["KEEL_HOME"] = saved
+
+
+@contextlib.contextmanager
+def _definitions_see(settings: Settings):
+    """definitions.py reads keel's settings from the environment; make it see these ones."""
+    repo = str(settings.repo)
     cwd = os.getcwd()
     # Feast imports repo files as top-level modules relative to the CWD; drop cached ones so a
     # second apply in one process (tests, controller) re-reads them with these settings, and so a
@@ -110,29 +138,27 @@ def _definitions_see(settings: Settings):
     os.chdir(repo)
     sys.path.insert(0, repo)
     try:
-        yield
+        with with_home(settings):
+            yield
     finally:
         os.chdir(cwd)
         with contextlib.suppress(ValueError):
             sys.path.remove(repo)
-        if saved is None:
-            os.environ.pop("KEEL_HOME", None)
-        else:
-            os.environ["KEEL_HOME"] = saved
 
 
 def apply(settings: Settings, quiet: bool = True) -> list[str]:
     """`feast apply` of keel's repo; returns the names of the objects now registered."""
-    from feast.repo_operations import _get_repo_contents, apply_total_with_repo_instance
-
-    check_online_store(settings)
+    check_online_store(settings)  # before importing Feast (seconds): a Redis that is down is said at once
     from feast import FeatureStore
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    from keel.compat.feast import repo_contents
 
     cfg = repo_config(settings)
-    store = FeatureStore(config=cfg)
+    store = FeatureStore(repo_path=str(settings.repo), config=cfg)
     sink = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext(), _definitions_see(settings):
-        repo = _get_repo_contents(settings.feature_repo, cfg.project, cfg)
+        repo = repo_contents(settings.repo, cfg.project, cfg)
         apply_total_with_repo_instance(store, cfg.project, store.registry, repo, skip_source_validation=False)
     store.refresh_registry()
     return sorted(
@@ -162,13 +188,19 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
     online store lost its data).
 
     ``engine="keel"`` (default) writes Feast's Redis layout directly from the view's parquet source
-    (keel.features.online: the same bytes at >10x Feast's rows/s, about as fast as Redis takes them); a
+    (keel.features.redis: the same bytes at >10x Feast's rows/s, about as fast as Redis takes them); a
     view it does not handle (another source or store) goes through Feast, as does every view with
     ``engine="feast"``.
     """
     if engine not in ("keel", "feast"):
         raise KeelError(f"unknown materialization engine '{engine}'; valid choices: feast, keel")
     check_online_store(settings)
+    with in_repo(settings):
+        return _materialize(settings, end, views, full, engine)
+
+
+def _materialize(settings: Settings, end: datetime | None, views: list[str] | None, full: bool,
+                 engine: str) -> datetime:
     fs = open_store(settings)
     end = end or datetime.now(timezone.utc)
     registered = {fv.name: fv for fv in fs.list_feature_views()}
@@ -200,7 +232,7 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
 
 def _materialize_fast(fs: FeatureStore, fv: Any, start: datetime, end: datetime) -> bool:
     """keel's own writer of Feast's layout; False (nothing written) when the view needs Feast's path."""
-    from keel.features import online
+    from keel.features import redis as online
 
     try:
         online.materialize_view(fs, fv, start, end)

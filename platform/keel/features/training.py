@@ -11,8 +11,11 @@ anything it cannot reproduce exactly back to Feast.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -22,6 +25,8 @@ from keel.features import pit
 from keel.features import store as fstore
 
 TIMESTAMP = "event_timestamp"
+NULLED_WARN_SHARE = 0.10   # warn when the created-timestamp rule alone leaves this share of rows without features
+log = logging.getLogger("keel.features")
 
 
 @dataclass(frozen=True)
@@ -38,19 +43,40 @@ class TrainingSet:
     definition_hash: str
     feature_views: list[str]
     engine: str                  # what computed the join: "keel", or "feast" (asked for, or fallen back to)
+    request_fields: list[str] = field(default_factory=list)  # request-time values the service reads
+    created_filter: bool = True  # Feast's filter_by_created_timestamp: feature rows created after the event dropped
+    created_filter_reason: str = ""  # why it was turned off, recorded in lineage
+    warnings: list[str] = field(default_factory=list)
+
+
+def _hashable(col: pd.Series) -> pd.Series:
+    """Map, Struct and Json values (dicts, lists, arrays) as canonical JSON text: a snapshot of them can
+    be sorted and hashed like any other column."""
+    if col.dtype != object:
+        return col
+
+    def canon(v: Any) -> Any:
+        if hasattr(v, "tolist") and not isinstance(v, str):
+            v = v.tolist()
+        if isinstance(v, dict | list | tuple):
+            return json.dumps(v, sort_keys=True, default=str)
+        return v
+
+    return col.map(canon)
 
 
 def frame_hash(df: pd.DataFrame) -> str:
     """Content hash, independent of row order and of pandas' index."""
     cols = sorted(df.columns)
-    canon = df[cols].sort_values(cols, kind="mergesort").reset_index(drop=True)
+    canon = pd.DataFrame({c: _hashable(df[c]) for c in cols})
+    canon = canon.sort_values(cols, kind="mergesort", na_position="first").reset_index(drop=True)
     h = hashlib.sha256()
     h.update(repr([(c, str(canon[c].dtype)) for c in cols]).encode())
     h.update(pd.util.hash_pandas_object(canon, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _load_labels(labels: pd.DataFrame | str | Path) -> pd.DataFrame:
+def load_events(labels: pd.DataFrame | str | Path) -> pd.DataFrame:
     if isinstance(labels, pd.DataFrame):
         return labels
     path = fstore.resolve_repo_path(labels)
@@ -58,12 +84,28 @@ def _load_labels(labels: pd.DataFrame | str | Path) -> pd.DataFrame:
 
 
 def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str | Path,
-          label: str | None = "is_fraud", out_dir: Path | None = None, engine: str = "keel") -> TrainingSet:
+          label: str | None = None, out_dir: Path | None = None, engine: str = "keel",
+          filter_by_created_timestamp: bool = True, reason: str = "") -> TrainingSet:
     """Join labelled events to features as of each event's timestamp, with Feast's DuckDB offline-store
-    semantics: computed by keel's engine (default) or by Feast itself (``engine="feast"``)."""
+    semantics: computed by keel's engine (default) or by Feast itself (``engine="feast"``).
+
+    The created-timestamp rule (a feature row that *arrived* after the event was not there when the
+    event was scored) stays on by default, because it is right for late data. When it alone leaves a
+    large share of rows without features (a backfill, whose ``created`` column is its load time), the
+    training set says so loudly; ``filter_by_created_timestamp=False`` turns it off, with a ``reason``
+    that lineage records."""
     if engine not in pit.ENGINES:
         raise KeelError(f"unknown engine '{engine}'; valid choices: {', '.join(pit.ENGINES)}")
-    events = _load_labels(labels)
+    if not filter_by_created_timestamp and not reason.strip():
+        raise KeelError("turning off the created-timestamp filter needs a reason (recorded in lineage)")
+    events = load_events(labels)
+    with fstore.in_repo(settings):
+        return _build(settings, feature_service, events, label, out_dir, engine, filter_by_created_timestamp,
+                      reason)
+
+
+def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label: str | None,
+           out_dir: Path | None, engine: str, created_filter: bool, reason: str) -> TrainingSet:
     store = fstore.open_store(settings)
     service = fstore.feature_service(store, feature_service)
     fvs, odfvs = fstore.service_views(store, service)
@@ -80,14 +122,30 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
     events = events.copy()
     events[TIMESTAMP] = pd.to_datetime(events[TIMESTAMP], utc=True)
 
-    # filter_by_created_timestamp: a feature row that *arrived* after the event was not in the online
-    # store when the event was scored, so using it in training would leak the future.
-    if engine == "keel":
-        job = pit.get_historical_features(store, events, service, filter_by_created_timestamp=True)
-    else:
-        job = store.get_historical_features(entity_df=events, features=service, filter_by_created_timestamp=True)
-    df = job.to_df()
+    def join(created: bool) -> tuple[Any, pd.DataFrame]:
+        if engine == "keel":
+            job = pit.get_historical_features(store, events, service, filter_by_created_timestamp=created)
+        else:
+            job = store.get_historical_features(entity_df=events, features=service,
+                                                filter_by_created_timestamp=created)
+        return job, job.to_df()
+
+    job, df = join(created_filter)
+    stored = [f.name for fv in fvs for p in service.feature_view_projections if p.name == fv.name
+              for f in p.features]
     features = [f.name for proj in service.feature_view_projections for f in proj.features]
+    warnings: list[str] = []
+    nulled = _all_null_share(df, stored)
+    if created_filter and nulled >= NULLED_WARN_SHARE:
+        without = _all_null_share(join(False)[1], stored)
+        if nulled - without >= NULLED_WARN_SHARE / 2:
+            msg = (f"training set '{feature_service}': {nulled:.0%} of {len(df):,} rows have no stored feature; "
+                   f"without the created-timestamp rule {without:.0%} would. The feature rows were created "
+                   "after the events they describe (a backfill whose 'created' column is its load time?). If "
+                   "so, build with filter_by_created_timestamp=False and a reason "
+                   "(CLI: --no-created-filter --reason ...)")
+            warnings.append(msg)
+            log.warning(msg)
     df = df.sort_values([TIMESTAMP, *entity_keys], kind="mergesort").reset_index(drop=True)
     digest = frame_hash(df)
     out = out_dir or settings.home / "training_sets"
@@ -104,4 +162,14 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
         definition_hash=fstore.definition_hash(store, service),
         feature_views=sorted(p.name for p in service.feature_view_projections),
         engine="keel" if pit.is_keel_job(job) else "feast",
+        request_fields=request_cols, created_filter=created_filter, created_filter_reason=reason,
+        warnings=warnings,
     )
+
+
+def _all_null_share(df: pd.DataFrame, columns: list[str]) -> float:
+    """Share of rows where every stored feature is null (what the created-timestamp rule can cause)."""
+    cols = [c for c in columns if c in df.columns]
+    if df.empty or not cols:
+        return 0.0
+    return float(df[cols].isna().all(axis=1).mean())

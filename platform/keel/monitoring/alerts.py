@@ -11,17 +11,17 @@ from keel.config import Settings
 from keel.errors import ServiceUnavailableError
 
 
-def _get(url: str) -> Any:
+def _get(service: str, url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return json.loads(resp.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise ServiceUnavailableError(f"{url.split('/api/')[0]} is unreachable ({exc}); is the stack up?") from None
+    except (urllib.error.URLError, OSError):
+        raise ServiceUnavailableError(service, url.split("/api/")[0]) from None
 
 
 def current(settings: Settings) -> list[dict[str, Any]]:
-    rules = _get(f"{settings.prometheus_url}/api/v1/alerts")["data"]["alerts"]
-    routed = _get(f"{settings.alertmanager_url}/api/v2/alerts")
+    rules = _get("Prometheus", f"{settings.prometheus_url}/api/v1/alerts")["data"]["alerts"]
+    routed = _get("Alertmanager", f"{settings.alertmanager_url}/api/v2/alerts")
     keys = {(a["labels"].get("alertname"), a["labels"].get("model"), a["labels"].get("version")) for a in routed}
     out = []
     for a in sorted(rules, key=lambda a: (a["labels"].get("alertname", ""), a["labels"].get("model", ""))):

@@ -304,7 +304,9 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     if len(reference) > sample_size:  # sampled before scoring: the model scores only the rows compared
         reference = reference.sample(n=sample_size, random_state=seed).reset_index(drop=True)
     reference = reference.copy()
-    reference[PREDICTION] = rm.scores(registry.load(served), reference[features])
+    # the model's output as the prediction log keeps it: a score or value, or the top class's index
+    out = rm.scores(registry.load(served), reference[features], served.tags.get("keel.task", "binary"))
+    reference[PREDICTION] = out.argmax(axis=1).astype("float64") if out.ndim == 2 else out
     cols, snapshot = evidently_drift(reference, current, [*features, PREDICTION])
     feats = [c for c in cols if c.column != PREDICTION]
     pred = next((c for c in cols if c.column == PREDICTION), None)

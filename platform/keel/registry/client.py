@@ -11,19 +11,19 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from keel.config import Settings
 from keel.errors import GateRefusedError, KeelError, NotFoundError, ServiceUnavailableError, require
-from keel.registry import flavors, lineage
+from keel.infra.probes import http_ok
+from keel.registry import flavors
 from keel.registry import metrics as m
 from keel.registry.audit import AuditLog, AuditRecord
-from keel.stack.health import http_ok
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
     from keel.features.training import TrainingSet
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "keel.champion_history"
 STATS_ARTIFACT = "feature_stats.json"
+TASK_TAG = "keel.task"
+CLASSES_TAG = "keel.classes"
 HOLDOUT_ARTIFACT = "holdout.parquet"
 
 
@@ -72,10 +74,14 @@ class Registry:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            mlflow = require("mlflow", "registry")
             uri = self.settings.tracking_uri
-            if uri.startswith("http") and not http_ok(uri.rstrip("/") + "/health", timeout=3):
+            # before importing MLflow (seconds): a server that is down is said in well under 2 s
+            if uri.startswith("http") and not http_ok(uri.rstrip("/") + "/health", timeout=1.5):
                 raise ServiceUnavailableError("MLflow tracking server", uri)
+            mlflow = require("mlflow", "registry")
+            from keel.compat.mlflow import skip_foreign_header_plugins
+
+            skip_foreign_header_plugins()
             mlflow.set_tracking_uri(uri)
             self._client = mlflow.MlflowClient(tracking_uri=uri)
         return self._client
@@ -84,10 +90,11 @@ class Registry:
         return sorted(rm.name for rm in self.client.search_registered_models(max_results=1000))
 
     def _model(self, name: str) -> Any:
+        client = self.client  # the health check comes before any MLflow import
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_registered_model(name)
+            return client.get_registered_model(name)
         except MlflowException as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
                 raise NotFoundError("model", name, self.model_names()) from None
@@ -99,6 +106,7 @@ class Registry:
         return self.version(name, str(version)) if version is not None else None
 
     def version(self, name: str, version: str) -> VersionInfo:
+        self.client  # noqa: B018 - the health check comes before any MLflow import
         from mlflow.exceptions import MlflowException
 
         rm = self._model(name)
@@ -133,15 +141,21 @@ class Registry:
     # -- register -----------------------------------------------------------------------------
     def register(self, model: Any, name: str, training_set: TrainingSet, holdout: pd.DataFrame,
                  metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                 idempotency_key: str | None = None, reason: str = "", actor: str | None = None) -> VersionInfo:
+                 idempotency_key: str | None = None, reason: str = "", actor: str | None = None,
+                 task: str | None = None, gate: Any = None) -> VersionInfo:
         """Log ``model`` with signature, lineage and training statistics; alias it ``challenger``.
 
         ``holdout`` (features + label) is stored with the version so any later gate can score both
-        champion and challenger on exactly the same rows. ``idempotency_key`` makes a retried caller
-        (an Airflow task re-run) get the version it registered before instead of a duplicate.
+        champion and challenger on exactly the same rows. ``task`` (binary, multiclass, regression) is
+        inferred from the model and label when not given; ``gate`` (a project GateSpec) sets the metric,
+        its direction and tolerance, recorded on the version so the gate needs no spec to run.
+        ``idempotency_key`` makes a retried caller (an Airflow task re-run) get the version it
+        registered before instead of a duplicate.
         """
         mlflow = require("mlflow", "registry")
         from mlflow.models import infer_signature
+
+        from keel.registry import lineage
 
         client = self.client
         if idempotency_key:
@@ -154,15 +168,28 @@ class Registry:
         missing = [c for c in [*feats, label] if c not in holdout.columns]
         if missing:
             raise KeelError(f"holdout lacks column(s) {', '.join(missing)}")
-        metric_name = self.settings.promotion_metric
-        score = m.metric(metric_name)(holdout[label].to_numpy(), m.scores(model, holdout[feats]))
+        task = task or infer_task(model, holdout[label])
+        if task not in m.TASKS:
+            raise KeelError(f"unknown task '{task}'; valid choices: {', '.join(m.TASKS)}")
+        metric_name = (getattr(gate, "metric", None) or (self.settings.promotion_metric if task == "binary"
+                                                          else m.DEFAULT_METRIC[task]))
+        m.metric(metric_name, task)  # a metric that does not fit the task is refused before any upload
+        classes = m.classes_of(model)
+        output = m.scores(model, holdout[feats], task)
+        score = m.metric(metric_name, task)(holdout[label].to_numpy(), output, classes)
         holdout_hash = _holdout_hash(holdout[[*feats, label]])
-        X = training_set.frame[feats]
-        sample = X.head(5)
-        signature = infer_signature(sample.astype("float64"), m.scores(model, sample))
+        sample = training_set.frame[feats].head(5)
+        signature = infer_signature(sample, m.scores(model, sample, task))
+        tolerance = getattr(gate, "tolerance", None)
+        greater = getattr(gate, "greater_is_better", None)
         tags = {**lineage.lineage_tags(training_set), "keel.holdout_hash": holdout_hash,
-                flavors.FLAVOR_TAG: flavors.flavor_of(model),
-                "keel.promotion_metric": metric_name, f"keel.metric.{metric_name}": repr(score)}
+                flavors.FLAVOR_TAG: flavors.flavor_of(model), TASK_TAG: task,
+                "keel.promotion_metric": metric_name, f"keel.metric.{metric_name}": repr(score),
+                "keel.gate_tolerance": repr(float(self.settings.promotion_tolerance if tolerance is None
+                                                  else tolerance)),
+                "keel.gate_greater_is_better": str(m.greater_is_better(metric_name, greater)).lower()}
+        if classes is not None and task == "multiclass":
+            tags[CLASSES_TAG] = json.dumps(classes)
         for k, v in (metrics or {}).items():
             tags[f"keel.metric.{k}"] = repr(float(v))
         if idempotency_key:
@@ -174,11 +201,16 @@ class Registry:
             mlflow.set_tags(tags)
             with tempfile.TemporaryDirectory() as tmp:
                 stats = lineage.feature_stats(training_set.frame, feats)
-                (Path(tmp) / STATS_ARTIFACT).write_text(json.dumps(stats, indent=1))
-                holdout[[*feats, label]].to_parquet(Path(tmp) / HOLDOUT_ARTIFACT, index=False)
+                (Path(tmp) / STATS_ARTIFACT).write_text(json.dumps(stats, indent=1, default=str))
+                # entity keys, request values and event time ride along: smoke traffic and warm-up draw
+                # real requests from these rows
+                extra = [c for c in ["event_timestamp", *training_set.entity_keys,
+                                     *getattr(training_set, "request_fields", [])]
+                         if c in holdout.columns and c not in feats and c != label]
+                holdout[[*extra, *feats, label]].to_parquet(Path(tmp) / HOLDOUT_ARTIFACT, index=False)
                 mlflow.log_artifact(str(Path(tmp) / STATS_ARTIFACT))
                 mlflow.log_artifact(str(Path(tmp) / HOLDOUT_ARTIFACT))
-            info = flavors.log_model(model, name, signature, sample.astype("float64"))
+            info = flavors.log_model(model, name, signature, sample)
         version = str(info.registered_model_version)
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
@@ -191,12 +223,13 @@ class Registry:
 
     # -- gate / promote / rollback ------------------------------------------------------------
     def load(self, v: VersionInfo) -> Any:
-        """The version's native model object."""
+        """The version's native model object (a pyfunc model for flavors keel does not load natively)."""
         self.client  # noqa: B018 - sets the tracking URI (and checks the server) before loading
-        return flavors.load_model(v.uri, v.tags.get(flavors.FLAVOR_TAG, "sklearn"))
+        return flavors.load_model(v.uri, v.tags.get(flavors.FLAVOR_TAG) or flavors.detect(v.uri))
 
     def _holdout(self, v: VersionInfo) -> pd.DataFrame:
         import mlflow
+        import pandas as pd
 
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
@@ -204,14 +237,20 @@ class Registry:
 
     def gate(self, name: str) -> GateResult:
         """Compare challenger and champion on the challenger's holdout (re-scoring the champion when
-        its recorded metric was measured on different rows)."""
-        metric_name = self.settings.promotion_metric
+        its recorded metric was measured on different rows). Metric, direction and tolerance are the
+        challenger's, as its project spec said when it was registered."""
         chal = self._by_alias(name, CHALLENGER)
         if chal is None:
             raise NotFoundError("alias", CHALLENGER, self._model(name).aliases, of=f"model '{name}'")
         champ = self._by_alias(name, CHAMPION)
+        task = chal.tags.get(TASK_TAG, "binary")
+        metric_name = chal.tags.get("keel.promotion_metric", self.settings.promotion_metric)
         holdout_hash = chal.tags.get("keel.holdout_hash", "")
-        tol = self.settings.promotion_tolerance
+        tol = float(chal.tags.get("keel.gate_tolerance", self.settings.promotion_tolerance))
+        greater = {"true": True, "false": False}.get(chal.tags.get("keel.gate_greater_is_better", ""))
+        if "keel.features" not in chal.tags:
+            raise KeelError(f"cannot gate {name} v{chal.version}: it was registered without keel (no holdout "
+                            "or features recorded); promote with --force and a reason")
 
         def recorded(v: VersionInfo) -> float | None:
             same = v.tags.get("keel.holdout_hash") == holdout_hash
@@ -229,7 +268,9 @@ class Registry:
             if missing:
                 raise KeelError(f"cannot gate {name}: champion v{v.version} needs feature(s) {', '.join(missing)} "
                                 f"absent from challenger v{chal.version}'s holdout; promote with --force and a reason")
-            return m.metric(metric_name)(holdout[label].to_numpy(), m.scores(self.load(v), holdout[feats]))
+            model = self.load(v)
+            out = m.scores(model, holdout[feats], task)
+            return m.metric(metric_name, task)(holdout[label].to_numpy(), out, m.classes_of(model))
 
         c_score = recorded(chal)
         if c_score is None:
@@ -239,8 +280,8 @@ class Registry:
         p_score = recorded(champ)
         if p_score is None:
             p_score = rescored(champ)
-        return GateResult(metric_name, c_score, p_score, tol, m.not_worse(metric_name, c_score, p_score, tol),
-                          holdout_hash)
+        return GateResult(metric_name, c_score, p_score, tol,
+                          m.not_worse(metric_name, c_score, p_score, tol, greater), holdout_hash)
 
     def promote(self, name: str, force: bool = False, reason: str = "", actor: str | None = None) -> VersionInfo:
         """challenger → champion if the gate passes (or ``force`` with a reason)."""
@@ -302,12 +343,14 @@ class Registry:
                 "challenger": _opt(rm.aliases.get(CHALLENGER)),
                 "versions": len(versions),
                 "latest": max((int(v.version) for v in versions), default=None),
-                "updated": pd.Timestamp(rm.last_updated_timestamp, unit="ms", tz="UTC").isoformat()
+                "updated": datetime.fromtimestamp(rm.last_updated_timestamp / 1000, UTC).isoformat()
                 if rm.last_updated_timestamp else None,
             })
         return sorted(rows, key=lambda r: r["name"])
 
     def show(self, name: str) -> dict[str, Any]:
+        from keel.registry import lineage
+
         rm = self._model(name)
         versions = sorted(self.client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
         return {
@@ -331,6 +374,23 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path=STATS_ARTIFACT, dst_path=tmp)
             return json.loads(Path(path).read_text())
+
+
+def infer_task(model: Any, label: Any) -> str:
+    """The task when neither the caller nor the spec says: binary/multiclass for a model with class
+    probabilities (by its number of classes); for one without (a torch module), binary when the label
+    is 0/1, multiclass when it is not numeric; else regression."""
+    import pandas as pd
+
+    if hasattr(model, "predict_proba"):
+        n = len(m.classes_of(model) or label.dropna().unique())
+        return "binary" if n <= 2 else "multiclass"
+    values = label.dropna()
+    if not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return "multiclass"
+    if len(values) and set(values.unique().tolist()) <= {0, 1}:
+        return "binary"
+    return "regression"
 
 
 def _opt(v: object) -> str | None:

@@ -1,8 +1,9 @@
 """How a model is saved and loaded: its native MLflow flavor, chosen from its class.
 
 XGBoost models use MLflow's xgboost flavor (a portable, non-pickle format that also loads on a GPU
-node); other scikit-learn-compatible models use the sklearn flavor. The flavor is recorded as a tag,
-so loaders never guess.
+node); LightGBM its own; other scikit-learn-compatible models use the sklearn flavor. keel records the
+flavor as a tag, so loaders never guess; a version registered without keel is read from its MLmodel
+file (``detect``), natively where keel knows the flavor, else as a generic pyfunc model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ def flavor_of(model: Any) -> str:
     mod = type(model).__module__
     if mod.startswith("xgboost"):
         return "xgboost"
+    if mod.startswith("lightgbm"):
+        return "lightgbm"
     if _is_torch(model):
         return "pytorch"
     return "sklearn"
@@ -31,8 +34,8 @@ def requirements(flavor: str) -> list[str]:
     from importlib.metadata import version
 
     pkgs = ["mlflow", "scikit-learn", "numpy", "pandas", "cloudpickle"]
-    if flavor in ("xgboost", "pytorch"):
-        pkgs.append("xgboost" if flavor == "xgboost" else "torch")
+    if flavor in ("xgboost", "pytorch", "lightgbm"):
+        pkgs.append({"pytorch": "torch"}.get(flavor, flavor))
     return [f"{p}=={version(p)}" for p in pkgs]
 
 
@@ -44,6 +47,10 @@ def log_model(model: Any, registered_name: str, signature: Any, input_example: A
         import mlflow.xgboost
 
         return mlflow.xgboost.log_model(model, model_format="ubj", **common)
+    if flavor == "lightgbm":
+        import mlflow.lightgbm
+
+        return mlflow.lightgbm.log_model(model, **common)
     if flavor == "pytorch":
         import mlflow.pytorch
         import numpy as np
@@ -73,6 +80,26 @@ def load_model(uri: str, flavor: str) -> Any:
         import mlflow.xgboost
 
         return mlflow.xgboost.load_model(uri)
+    if flavor == "lightgbm":
+        import mlflow.lightgbm
+
+        return mlflow.lightgbm.load_model(uri)
+    if flavor == "pyfunc":
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(uri)
     import mlflow.sklearn
 
     return mlflow.sklearn.load_model(uri)
+
+
+NATIVE = ("xgboost", "lightgbm", "sklearn", "pytorch")
+
+
+def detect(uri: str) -> str:
+    """The flavor to load a version with, from its MLmodel file: the first native flavor keel knows,
+    else ``pyfunc`` (every MLflow model has it)."""
+    from mlflow.models import get_model_info
+
+    flavors = get_model_info(uri).flavors
+    return next((f for f in NATIVE if f in flavors), "pyfunc")

@@ -18,7 +18,7 @@ from keel.config import PROJECT_ROOT
 
 TAG = "keel."
 LINEAGE_KEYS = ("feature_service", "feature_views", "feature_definition_hash", "training_window_start",
-                "training_window_end", "training_set_hash", "git_sha", "keel_version")
+                "training_window_end", "training_set_hash", "created_filter", "task", "git_sha", "keel_version")
 
 
 def git_sha() -> str:
@@ -47,6 +47,9 @@ def lineage_tags(ts: Any) -> dict[str, str]:
         f"{TAG}training_rows": str(len(ts.frame)),
         f"{TAG}features": ",".join(ts.features),
         f"{TAG}entity_keys": ",".join(ts.entity_keys),
+        f"{TAG}request_fields": ",".join(getattr(ts, "request_fields", [])),
+        f"{TAG}created_filter": "on" if getattr(ts, "created_filter", True)
+        else f"off: {getattr(ts, 'created_filter_reason', '')}",
         f"{TAG}label": ts.label or "",
         f"{TAG}git_sha": git_sha(),
         f"{TAG}keel_version": keel.__version__,

@@ -20,7 +20,6 @@ import numpy as np
 from keel.config import Settings
 from keel.serving import metrics as M
 from keel.serving.breaker import STATE_VALUE, CircuitBreaker
-from keel.serving.features import OnlineFeatures
 from keel.serving.predlog import PredictionLog, now
 
 log = logging.getLogger("keel.serving")
@@ -41,14 +40,37 @@ class InputError(ValueError):
 class Result:
     model: str
     version: str
-    scores: list[float]
+    scores: list[Any]          # binary: P(positive); regression: the value; multiclass: one list per row
     degraded: list[bool]
     role: str = "primary"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    classes: list[Any] | None = None  # multiclass: the class of each probability, in order
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "predictions": self.scores,
-                "degraded": any(self.degraded), "degraded_rows": self.degraded, "request_id": self.request_id}
+        out = {"model": self.model, "version": self.version, "predictions": self.scores,
+               "degraded": any(self.degraded), "degraded_rows": self.degraded, "request_id": self.request_id}
+        if self.classes is not None:
+            out["classes"] = self.classes
+        return out
+
+
+EXPECTED = {"int": "a 64-bit integer", "float": "a finite number", "str": "a string", "bool": "true or false",
+            "object": "a value"}
+
+
+def check_value(kind: str, v: Any) -> Any:
+    """``v`` as the kind the repo (or the model's signature) declares, or None when it is not one."""
+    if kind == "int":
+        ok = isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
+        return v if ok else None
+    if kind == "float":
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        return float(v) if ok else None
+    if kind == "str":
+        return v if isinstance(v, str) else None
+    if kind == "bool":
+        return v if isinstance(v, bool) else None
+    return v
 
 
 def pick_device(want_gpu: bool) -> str:
@@ -75,8 +97,11 @@ def pick_device(want_gpu: bool) -> str:
 class ModelRunner:
     """Calls the native model on a float matrix in the signature's column order, on the chosen device."""
 
-    def __init__(self, model: Any, flavor: str, device: str) -> None:
-        self.model, self.flavor, self.device = model, flavor, device
+    def __init__(self, model: Any, flavor: str, device: str, task: str = "binary") -> None:
+        from keel.registry.metrics import classes_of
+
+        self.model, self.flavor, self.device, self.task = model, flavor, device, task
+        self.classes = classes_of(model) if task == "multiclass" else None
         self._booster = None
         if flavor == "xgboost":
             # one thread per process: requests are small, and OpenMP threads spinning against the
@@ -85,7 +110,8 @@ class ModelRunner:
             if device == "cuda":
                 model.set_params(device="cuda")
             booster = model.get_booster()
-            if str(booster.attr("objective") or model.get_params().get("objective", "")).startswith("binary:"):
+            objective = str(booster.attr("objective") or model.get_params().get("objective", ""))
+            if task == "binary" and objective.startswith("binary:"):
                 self._booster = booster  # in-place predict on a float32 matrix: no DMatrix, no pandas pass
         elif flavor == "pytorch":
             model.to(device)
@@ -97,7 +123,7 @@ class ModelRunner:
             return np.asarray(self._booster.inplace_predict(X.to_numpy(dtype="float32"), validate_features=False))
         from keel.registry.metrics import scores
 
-        return scores(self.model, X)
+        return scores(self.model, X, self.task)
 
     def score_lookup(self, lookup: Any, features: list[str]) -> np.ndarray:
         """Scores straight from the looked-up columns: a float32 matrix for the booster (no DataFrame),
@@ -108,12 +134,14 @@ class ModelRunner:
 
 
 class Predictor:
-    def __init__(self, name: str, version: str, runner: ModelRunner, online: OnlineFeatures, features: list[str],
-                 max_batch: int = 1000, predlog: PredictionLog | None = None, alias: str | None = None) -> None:
+    def __init__(self, name: str, version: str, runner: ModelRunner, online: Any, features: list[str],
+                 max_batch: int = 1000, predlog: PredictionLog | None = None, alias: str | None = None,
+                 examples: Any = None) -> None:
         self.name, self.version, self.alias = name, version, alias
         self.runner, self.online, self.features = runner, online, features
         self.max_batch = max_batch
         self.predlog = predlog
+        self.examples = examples  # a few holdout rows (DataFrame): real requests and the features behind them
         self.online.breaker._on_change = self._breaker_changed
         M.BREAKER.labels(name, version).set(0)
         self._lat = {s: M.LATENCY.labels(name, version, s) for s in ("features", "model", "total")}
@@ -134,31 +162,55 @@ class Predictor:
     @classmethod
     def from_registry(cls, settings: Settings, name: str, alias: str | None = "champion", version: str | None = None,
                       gpu: bool = False, max_batch: int = 1000, predlog: PredictionLog | None = None,
-                      cache_ttl_s: float = 0.0, breaker: CircuitBreaker | None = None) -> Predictor:
-        from keel.features.store import open_store
+                      cache_ttl_s: float = 0.0, breaker: CircuitBreaker | None = None,
+                      feature_service: str | None = None) -> Predictor:
+        """Load a version as ``keel.serving.plan`` resolves it: features looked up from its feature
+        service (registered by keel, or ``feature_service`` given), or raw-feature mode (a version
+        registered without keel: the request carries the inputs its signature names)."""
         from keel.registry.client import Registry
-        from keel.registry.flavors import FLAVOR_TAG
+        from keel.serving.plan import plan_for
 
         reg = Registry(settings)
         v = reg.version(name, version) if version else reg.resolve(name, alias or "champion")
-        flavor = v.tags.get(FLAVOR_TAG, "sklearn")
-        device = pick_device(gpu)
-        runner = ModelRunner(reg.load(v), flavor, device)
-        stats = reg.feature_stats(v)
-        defaults = {k: s.get("default") for k, s in stats.items()}
-        store = open_store(settings, serving=True)
-        online = OnlineFeatures(store, v.tags["keel.feature_service"], defaults, breaker, cache_ttl_s)
-        features = v.tags["keel.features"].split(",")
-        log.info("serving %s v%s (alias %s) on %s", name, v.version, alias, device)
-        return cls(name, v.version, runner, online, features, max_batch, predlog, alias if not version else None)
+        plan = plan_for(reg, v, feature_service)
+        model = reg.load(v)
+        task = plan.task or _infer_task(model)
+        runner = ModelRunner(model, plan.flavor, pick_device(gpu), task)
+        examples = plan.examples(reg, v)
+        if plan.feature_service:
+            from keel.features.store import open_store
+            from keel.serving.features import OnlineFeatures
+
+            stats = reg.feature_stats(v) if plan.keel else {}
+            defaults = {k: s.get("default") for k, s in stats.items()}
+            online: Any = OnlineFeatures(open_store(settings, serving=True), plan.feature_service, defaults,
+                                         breaker, cache_ttl_s)
+        else:
+            from keel.serving.features import RawFeatures
+
+            online = RawFeatures(plan.inputs)
+        log.info("serving %s v%s (alias %s, %s, %s) on %s", name, v.version, alias, task,
+                 f"features from '{plan.feature_service}'" if plan.feature_service else "raw features",
+                 runner.device)
+        return cls(name, v.version, runner, online, plan.features, max_batch, predlog,
+                   alias if not version else None, examples)
 
     def warmup(self, rounds: int = 3) -> None:
         """Exercise the whole path (Redis connection, Feast registry, on-demand transforms, the model)
-        before the server reports ready, so the first real requests do not pay for it or time out."""
-        row = {**dict.fromkeys(self.online.entity_keys, 0), **dict.fromkeys(self.online.request_fields, 0.0)}
+        before the server reports ready, so the first real requests do not pay for it or time out.
+        Only real rows are used: the lookup runs for holdout entities, and the model scores the holdout's
+        own features, never values it was not trained on (an entity the store lacks would give nulls)."""
+        ex = self.examples
+        if ex is None or len(ex) == 0:
+            return
+        head = ex.head(3)
+        requests = [{k: _plain(r[k]) for k in self.input_fields if k in head.columns} for _, r in head.iterrows()]
+        have_features = all(f in head.columns for f in self.features)
         for _ in range(rounds):
-            lookup = self.online.fetch([row])
-            self.runner.score_lookup(lookup, self.features)
+            if requests and len(requests[0]) == len(self.input_fields):
+                self.online.fetch(requests)
+            if have_features:
+                self.runner.scores(head[self.features])
 
     # -- input ----------------------------------------------------------------------------------
     @property
@@ -172,35 +224,55 @@ class Predictor:
             raise InputError("instances", "expected at least one instance")
         if len(instances) > self.max_batch:
             raise InputError("instances", f"batch of {len(instances)} exceeds the maximum of {self.max_batch}")
+        types = self.online.types
+        keys = set(self.online.entity_keys)
         out = []
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict):
                 raise InputError(f"instances[{i}]", f"expected an object with {', '.join(self.input_fields)}")
             row: dict[str, Any] = {}
-            for k in self.online.entity_keys:
+            for k in self.input_fields:
+                kind = types.get(k, "float")
                 v = inst.get(k)
+                what = "entity key" if k in keys else "request value" if self.online.entity_keys else "input"
                 if v is None:
-                    raise InputError(f"instances[{i}].{k}", "missing entity key (expected an integer)")
-                if isinstance(v, bool) or not isinstance(v, int) or not -(2**63) <= v < 2**63:
-                    raise InputError(f"instances[{i}].{k}", f"expected a 64-bit integer, got {v!r}")
-                row[k] = v
-            for k in self.online.request_fields:
-                v = inst.get(k)
-                if v is None:
-                    raise InputError(f"instances[{i}].{k}", "missing request value (expected a number)")
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise InputError(f"instances[{i}].{k}", f"expected a finite number, got {v!r}")
-                row[k] = float(v)
+                    raise InputError(f"instances[{i}].{k}", f"missing {what} (expected {EXPECTED[kind]})")
+                checked = check_value(kind, v)
+                if checked is None:
+                    raise InputError(f"instances[{i}].{k}", f"expected {EXPECTED[kind]}, got {v!r}")
+                row[k] = checked
             out.append(row)
         return out
 
     # -- predict --------------------------------------------------------------------------------
-    def predict(self, instances: Any, role: str = "primary", request_id: str | None = None) -> Result:
+    def _score(self, lookup: Any) -> tuple[np.ndarray, Any]:
+        """The model's output; a model that cannot take nulls (no imputer) gets the training defaults in
+        place of the missing values, and those rows are flagged degraded rather than failing."""
+        try:
+            return self.runner.score_lookup(lookup, self.features), lookup
+        except ValueError:
+            frame = lookup.frame
+            missing = frame[self.features].isna().any(axis=1).to_numpy()
+            if not missing.any() or not getattr(self.online, "defaults", None):
+                raise
+            for f in self.features:
+                d = self.online.defaults.get(f)
+                col = lookup.columns.get(f)
+                if d is not None and col is not None:
+                    col[missing & frame[f].isna().to_numpy()] = d
+            lookup.degraded = lookup.degraded | missing
+            lookup.reason = lookup.reason or "missing_features"
+            return self.runner.score_lookup(lookup, self.features), lookup
+
+    def predict(self, instances: Any, role: str = "primary", request_id: str | None = None,
+                row_ids: list[str] | None = None) -> Result:
+        """Score one request (or, with ``row_ids``, several batched into one call: each row is logged
+        under its own request's id)."""
         t0 = time.perf_counter()
         rows = self.validate(instances)
         lookup = self.online.fetch(rows)
         t1 = time.perf_counter()
-        scores = self.runner.score_lookup(lookup, self.features)
+        scores, lookup = self._score(lookup)
         t2 = time.perf_counter()
         n = len(rows)
         if lookup.degraded.any():
@@ -210,21 +282,49 @@ class Predictor:
         self._lat["total"].observe(t2 - t0)
         self._batch.observe(n)
         M.PREDICTIONS.labels(self.name, self.version, role).inc(n)
-        result = Result(self.name, self.version, [float(s) for s in scores], lookup.degraded.tolist(), role,
-                        request_id or uuid.uuid4().hex)
+        result = Result(self.name, self.version, _outputs(scores), lookup.degraded.tolist(), role,
+                        request_id or uuid.uuid4().hex, self.runner.classes)
         if self.predlog is not None and self.predlog.sampled():
-            self._log(result, rows, lookup)
+            self._log(result, rows, lookup, row_ids)
         return result
 
-    def _log(self, result: Result, rows: list[dict[str, Any]], lookup: Any) -> None:
+    def _log(self, result: Result, rows: list[dict[str, Any]], lookup: Any, row_ids: list[str] | None = None) -> None:
         ts = now()
         cols = {f: lookup.columns[f].tolist() for f in self.features}
         recs = []
         for i, row in enumerate(rows):
-            recs.append({"request_id": result.request_id, "model": self.name, "version": self.version,
+            rid = row_ids[i] if row_ids else result.request_id
+            recs.append({"request_id": rid, "model": self.name, "version": self.version,
                          "role": result.role, "timestamp": ts, **row, **{f: v[i] for f, v in cols.items()},
-                         "prediction": result.scores[i], "degraded": result.degraded[i]})
+                         "prediction": _logged(result.scores[i]), "degraded": result.degraded[i]})
         before = self.predlog.dropped
         self.predlog.add(recs)
         if self.predlog.dropped > before:
             M.LOG_DROPPED.labels(self.name).inc(self.predlog.dropped - before)
+
+
+def _outputs(scores: np.ndarray) -> list[Any]:
+    """Plain JSON values: one float per row, or one list of class probabilities per row."""
+    arr = np.asarray(scores)
+    if arr.ndim == 2:
+        return [[float(x) for x in row] for row in arr]
+    return [x.item() if hasattr(x, "item") else x for x in arr]
+
+
+def _logged(score: Any) -> float:
+    """What the prediction log keeps per row: the score, or for multiclass the top class's index."""
+    if isinstance(score, list):
+        return float(int(np.argmax(score)))
+    return float(score) if isinstance(score, int | float) else score
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _infer_task(model: Any) -> str:
+    import pandas as pd
+
+    from keel.registry.client import infer_task
+
+    return infer_task(model, pd.Series([], dtype="float64"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
@@ -51,14 +52,19 @@ class LocalTarget(DeployTarget):
         return {p.stem: ServeSpec.from_json(p.read_text()) for p in sorted(d.glob("*.json"))}
 
     def deploy(self, spec: ServeSpec) -> Deployed:
-        from keel.registry.client import Registry
+        from keel.serving.plan import check_deployable
         from keel.stack import Stack
 
-        reg = Registry(self.settings)  # fail fast, with the valid choices, before starting anything
-        v = reg.version(spec.model, spec.version) if spec.version else reg.resolve(spec.model, spec.alias)
+        # fail fast, with the valid choices, before starting anything: an unservable version is refused
+        # here in seconds (MLflow's REST API, no `import mlflow`), never by a crash loop or a hang
+        version, plan = check_deployable(self.settings, spec.model, spec.alias, spec.version, spec.feature_service)
         for other in (spec.canary_alias, spec.shadow_alias):
             if other:
-                reg.resolve(spec.model, other)
+                check_deployable(self.settings, spec.model, other, None, spec.feature_service)
+        if plan.feature_service and spec.feature_service:
+            _check_feature_service(self.settings, plan.feature_service, plan.features)
+        for w in plan.warnings:
+            logging.getLogger("keel.serving").warning(w)
         for name, existing in self.specs().items():
             if name != spec.model and existing.port == spec.port:
                 raise KeelError(f"port {spec.port} is already used by the deployment of '{name}'; choose --port")
@@ -77,7 +83,7 @@ class LocalTarget(DeployTarget):
                 path.write_text(previous)
             raise
         self._scrape_target(spec)
-        return Deployed(spec.model, v.version, f"http://{self.settings.host}:{spec.port}", spec.runtime)
+        return Deployed(spec.model, version, f"http://{self.settings.host}:{spec.port}", spec.runtime)
 
     def _scrape_target(self, spec: ServeSpec | None, model: str = "") -> None:
         """Tell the local Prometheus (file_sd) to scrape this deployment's /metrics."""
@@ -102,6 +108,32 @@ class LocalTarget(DeployTarget):
         return True
 
 
+def free_port(settings: Settings, target: LocalTarget, model: str) -> int:
+    """The model's current port when it is deployed, else the first port from KEEL_SERVING_PORT that no
+    other local deployment uses (several models are served side by side)."""
+    specs = target.specs()
+    if model in specs:
+        return specs[model].port
+    taken = {sp.port for sp in specs.values()}
+    return next(p for p in range(settings.serving_port, settings.serving_port + 100) if p not in taken)
+
+
+def _check_feature_service(settings: Settings, name: str, features: list[str]) -> None:
+    """--feature-service for a model registered without keel: the service must exist and serve every
+    input the model's signature names."""
+    from keel.features.store import feature_service, open_store, service_views
+
+    store = open_store(settings)
+    svc = feature_service(store, name)
+    _, odfvs = service_views(store, svc)
+    served = {f.name for p in svc.feature_view_projections for f in p.features}
+    served |= {f.name for od in odfvs for src in od.source_request_sources.values() for f in src.schema}
+    missing = [f for f in features if f not in served]
+    if missing:
+        raise KeelError(f"feature service '{name}' does not serve the model's input(s) {', '.join(missing)}; "
+                        f"it serves: {', '.join(sorted(served))}")
+
+
 def target(settings: Settings, name: str) -> DeployTarget:
     if name == "local":
         return LocalTarget(settings)
@@ -109,6 +141,23 @@ def target(settings: Settings, name: str) -> DeployTarget:
         raise KeelError(f"target '{name}' deploys with `keel deploy --target {name}`; undeploy it with "
                         f"`helm`/`kubectl delete` (the objects carry the label keel.dev/model)")
     raise NotFoundError("deploy target", name, [*TARGETS, "kserve", "rayserve"])
+
+
+KIND_OF_V2 = {"INT64": "int", "INT32": "int", "FP64": "float", "FP32": "float", "BYTES": "str", "BOOL": "bool"}
+
+
+def input_kinds(settings: Settings, model: str) -> dict[str, str]:
+    """Each input's kind from a local deployment's V2 metadata; empty when it has none (Ray runtime)."""
+    specs = LocalTarget(settings).specs()
+    if model not in specs:
+        raise NotFoundError("deployment", model, specs)
+    url = f"http://{settings.host}:{specs[model].port}/v2/models/{model}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # loopback URL we built
+            meta = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return {i["name"]: KIND_OF_V2.get(i.get("datatype", ""), "float") for i in meta.get("inputs", [])}
 
 
 def predict_local(settings: Settings, model: str, instances: list[dict[str, Any]]) -> dict[str, Any]:

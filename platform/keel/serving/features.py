@@ -24,9 +24,21 @@ from keel.serving.breaker import CircuitBreaker
 log = logging.getLogger("keel.serving")
 
 
+NUMERIC = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool"})
+KIND_OF_VALUE_TYPE = {"INT64": "int", "INT32": "int", "STRING": "str", "BOOL": "bool", "FLOAT": "float",
+                      "DOUBLE": "float", "BYTES": "str"}
+
+
+def kind_of(dtype: Any) -> str:
+    """A Feast type (``feast.types``) as a request kind: int, float, str, bool or object (Map/Struct/...)."""
+    name = str(dtype)
+    return {"Int32": "int", "Int64": "int", "Float32": "float", "Float64": "float", "Bool": "bool",
+            "String": "str"}.get(name, "object")
+
+
 @dataclass
 class Lookup:
-    columns: dict[str, np.ndarray]  # per name, one float64 value per entity: base + on-demand (+ request)
+    columns: dict[str, np.ndarray]  # per name, one value per entity: float64 for numbers, object otherwise
     degraded: np.ndarray            # bool per row: defaults were used
     reason: str | None              # why, when any row is degraded
 
@@ -88,6 +100,16 @@ class OnlineFeatures:
         self.odfvs = odfvs
         self.request_fields = sorted({f.name for od in odfvs for src in od.source_request_sources.values()
                                       for f in src.schema})
+        # how each input is typed, as the repo declares it: entity keys by their entity's value type,
+        # request fields by their RequestSource schema
+        self.types: dict[str, str] = {}
+        for fv in fvs:
+            for col in fv.entity_columns:
+                self.types[col.name] = kind_of(col.dtype)
+        for od in odfvs:
+            for src in od.source_request_sources.values():
+                for f in src.schema:
+                    self.types[f.name] = kind_of(f.dtype)
         # an on-demand view may read base features the service does not serve itself
         needed = {f.name: f"{p.name}:{f.name}" for od in odfvs for p in od.source_feature_view_projections.values()
                   for f in p.features}
@@ -95,6 +117,11 @@ class OnlineFeatures:
             if name not in self.base:
                 self.refs.append(ref)
                 self.base.append(name)
+        # which base and on-demand outputs are numbers (float64 columns) and which are kept as objects
+        schema = {f.name: str(f.dtype) for fv in fvs for f in fv.schema}
+        schema.update({f.name: str(f.dtype) for od in odfvs for f in od.features})
+        self.numeric = {name for name, t in schema.items() if t in NUMERIC}
+        self.all_numeric = all(name in self.numeric for name in self.base)
         self.defaults = defaults
         self.breaker = breaker or CircuitBreaker()
         self.cache = TTLCache(cache_ttl_s) if cache_ttl_s > 0 else None
@@ -105,7 +132,7 @@ class OnlineFeatures:
         get_online_features), on Feast's own client for the store: the timeouts and no-retry policy of
         ``open_store(serving=True)`` apply unchanged. None (Feast's SDK path) for what it does not cover:
         another online store, aliased or join-key-mapped projections."""
-        from keel.features.online import Reader, Unsupported
+        from keel.features.redis import Reader, Unsupported
 
         if any(p.name_alias or p.join_key_map for p in self.service.feature_view_projections):
             return None
@@ -115,35 +142,51 @@ class OnlineFeatures:
             log.info("online features through Feast's SDK: %s", exc)
             return None
 
+    def _column(self, name: str, values: list[Any]) -> np.ndarray:
+        return _floats(values) if name in self.numeric else _objects(values)
+
     def _from_store(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if self.reader is not None:
-            got = self.reader.read_floats(rows)
-            return {name: got[name] for name in self.base}
+            if self.all_numeric:
+                got = self.reader.read_floats(rows)
+                return {name: got[name] for name in self.base}
+            raw = self.reader.read(rows, join_keys=False)
+            return {name: self._column(name, raw[name]) for name in self.base}
         keys = [{k: r[k] for k in self.entity_keys} for r in rows]
         out = self.store.get_online_features(features=self.refs, entity_rows=keys).to_dict()
-        return {name: _floats(out[name]) for name in self.base}
+        return {name: self._column(name, out[name]) for name in self.base}
 
     def _defaults(self, n: int) -> dict[str, np.ndarray]:
-        return {name: np.full(n, np.nan if self.defaults.get(name) is None else self.defaults[name], dtype="float64")
-                for name in self.base}
+        out = {}
+        for name in self.base:
+            d = self.defaults.get(name)
+            if name in self.numeric:
+                out[name] = np.full(n, np.nan if d is None else d, dtype="float64")
+            else:
+                out[name] = np.full(n, d, dtype=object)
+        return out
 
     def _columns(self, base: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Base + request + on-demand columns (pandas only for pandas-mode on-demand views)."""
         data = dict(base)
         for f in self.request_fields:
-            data[f] = np.fromiter((float(r[f]) for r in rows), dtype="float64", count=len(rows))
+            if self.types.get(f) in ("int", "float", "bool"):
+                data[f] = np.fromiter((float(r[f]) for r in rows), dtype="float64", count=len(rows))
+            else:
+                data[f] = _objects([r[f] for r in rows])
         inputs: Any = None
         for od in self.odfvs:
             if od.mode == "python":  # dict of lists in and out: no pandas on the request path
                 out = od.feature_transformation.udf({k: v.tolist() for k, v in data.items()})
                 for col, values in out.items():
-                    data[col] = _floats(list(values))
+                    data[col] = self._column(col, list(values))
             else:
                 if inputs is None:
                     inputs = pd.DataFrame(data, copy=False)
                 frame_out = od.feature_transformation.udf(inputs.copy())
                 for col in frame_out.columns:
-                    data[col] = frame_out[col].to_numpy(dtype="float64")
+                    values = frame_out[col]
+                    data[col] = values.to_numpy(dtype="float64") if col in self.numeric else _objects(list(values))
         return data
 
     def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
@@ -175,9 +218,9 @@ class OnlineFeatures:
             elif self.cache:
                 for j, i in enumerate(missing):
                     self.cache.put(tuple(rows[i][k] for k in self.entity_keys),
-                                   {name: float(col[j]) for name, col in fetched.items()})
+                                   {name: col[j] for name, col in fetched.items()})
         if cached:
-            base = {name: np.empty(n, dtype="float64") for name in self.base}
+            base = {name: np.empty(n, dtype="float64" if name in self.numeric else object) for name in self.base}
             for name in self.base:
                 for i, hit in cached.items():
                     base[name][i] = hit[name]
@@ -190,3 +233,29 @@ class OnlineFeatures:
 
 def _floats(values: list[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype="float64")
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):  # element by element: a list value must stay one element
+        out[i] = v
+    return out
+
+
+class RawFeatures:
+    """Raw-feature mode, for a version registered without keel: the request carries the model's inputs
+    (named and typed by its MLflow signature); nothing is looked up, nothing degrades."""
+
+    def __init__(self, types: dict[str, str]) -> None:
+        self.entity_keys: list[str] = []
+        self.request_fields = list(types)
+        self.types = dict(types)
+        self.base: list[str] = []
+        self.numeric = {k for k, t in types.items() if t in ("int", "float", "bool")}
+        self.breaker = CircuitBreaker()
+        self.odfvs: list[Any] = []
+
+    def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
+        cols = {k: (_floats([r[k] for r in rows]) if k in self.numeric else _objects([r[k] for r in rows]))
+                for k in self.request_fields}
+        return Lookup(cols, np.zeros(len(rows), dtype=bool), None)

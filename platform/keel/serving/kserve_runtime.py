@@ -2,7 +2,8 @@
 
 Speaks V1 (``/v1/models/<m>:predict`` with ``{"instances": [...]}``) and the Open Inference Protocol V2
 (``/v2/models/<m>/infer``, metadata, ready). The only thing changed in KServe's server is the bind
-address: its REST server hard-codes 0.0.0.0, keel binds the host it is given (127.0.0.1 locally).
+address: its REST server hard-codes 0.0.0.0, keel binds the host it is given (127.0.0.1 locally;
+``keel.compat.kserve``).
 
 Run: ``python -m keel.serving.kserve_runtime --spec '<ServeSpec JSON>' [--host 127.0.0.1]``
 """
@@ -29,6 +30,9 @@ log = logging.getLogger("keel.serving")
 
 V2_TYPES = {"INT64", "INT32", "INT16", "INT8", "UINT8", "UINT16", "UINT32", "UINT64"}
 V2_FLOATS = {"FP64", "FP32", "FP16"}
+V2_OF_KIND = {"int": "INT64", "float": "FP64", "str": "BYTES", "bool": "BOOL", "object": "BYTES"}
+V2_ALLOWED = {"int": V2_TYPES, "float": V2_TYPES | V2_FLOATS, "str": {"BYTES"}, "bool": {"BOOL"},
+              "object": {"BYTES"}}
 
 
 class KeelModel(kserve.Model):
@@ -40,8 +44,8 @@ class KeelModel(kserve.Model):
     # -- V2 metadata ----------------------------------------------------------------------------
     def get_input_types(self) -> list[dict[str, Any]]:
         p = self.router.primary
-        return ([{"name": k, "datatype": "INT64", "shape": [-1]} for k in p.online.entity_keys]
-                + [{"name": k, "datatype": "FP64", "shape": [-1]} for k in p.online.request_fields])
+        return [{"name": k, "datatype": V2_OF_KIND[p.online.types.get(k, "float")], "shape": [-1]}
+                for k in p.input_fields]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         return [{"name": "score", "datatype": "FP64", "shape": [-1]},
@@ -54,7 +58,7 @@ class KeelModel(kserve.Model):
         for inp in req.inputs:
             if inp.name not in p.input_fields:
                 raise InputError(f"inputs.{inp.name}", f"unknown input; expected {', '.join(p.input_fields)}")
-            want = V2_TYPES if inp.name in p.online.entity_keys else V2_TYPES | V2_FLOATS
+            want = V2_ALLOWED[p.online.types.get(inp.name, "float")]
             if inp.datatype not in want:
                 raise InputError(f"inputs.{inp.name}.datatype",
                                  f"{inp.datatype} not allowed; expected one of {', '.join(sorted(want))}")
@@ -71,6 +75,8 @@ class KeelModel(kserve.Model):
                 data = [x for row in data for x in (row if isinstance(row, list) else [row])]
             if len(data) != shape[0]:
                 raise InputError(f"inputs.{inp.name}.shape", f"shape {shape} does not match {len(data)} values")
+            if inp.datatype == "BYTES":
+                data = [x.decode() if isinstance(x, bytes) else x for x in data]
             columns[inp.name] = data
         missing = [f for f in p.input_fields if f not in columns]
         if missing:
@@ -87,10 +93,12 @@ class KeelModel(kserve.Model):
             if isinstance(payload, InferRequest):
                 result = self.router.predict(self._instances_from_v2(payload))
                 n = len(result.scores)
+                shape = [n, len(result.classes)] if result.classes is not None else [n]
+                flat = [x for row in result.scores for x in row] if result.classes is not None else result.scores
                 return InferResponse(
                     response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
                     model_version=result.version,
-                    infer_outputs=[InferOutput("score", [n], "FP64", result.scores),
+                    infer_outputs=[InferOutput("score", shape, "FP64", flat),
                                    InferOutput("degraded", [n], "BOOL", result.degraded)],
                     parameters={"model_version": result.version, "degraded": any(result.degraded)})
             if not isinstance(payload, dict):
@@ -104,32 +112,6 @@ class KeelModel(kserve.Model):
     def stop(self) -> None:
         self.router.close()
         super().stop()
-
-
-def _server_class() -> type:
-    from kserve.model_server import FASTAPI_APP_IMPORT_STRING
-    from kserve.protocol.rest.server import RESTServer
-
-    class LoopbackModelServer(kserve.ModelServer):
-        """KServe's ModelServer with a configurable bind address (upstream hard-codes 0.0.0.0)."""
-
-        def __init__(self, host: str, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.host = host
-
-        def start(self, models: list[Any]) -> None:
-            import asyncio
-
-            self._register_and_check_atleast_one_model_is_ready(models)
-            self._rest_server = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
-                                           self.http_port, grace_period=5, timeout_keep_alive=self.timeout_keep_alive)
-            self._rest_server.config.host = self.host
-            _answer_bad_bodies_with_400()
-            self.servers.append(self._rest_server.start())
-            self.setup_event_loop()
-            asyncio.run(self._serve())
-
-    return LoopbackModelServer
 
 
 def _answer_bad_bodies_with_400() -> None:
@@ -160,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = ServeSpec.from_json(args.spec)
     router = spec.build_router(settings)
     model = KeelModel(spec.model, router)
-    server = _server_class()(host=args.host or settings.host, http_port=spec.port, enable_grpc=False,
-                             enable_docs_url=False, workers=1)
+    from keel.compat.kserve import loopback_server_class
+
+    server = loopback_server_class()(host=args.host or settings.host, before_start=_answer_bad_bodies_with_400,
+                                     http_port=spec.port, enable_grpc=False, enable_docs_url=False, workers=1)
     # uvicorn catches SIGTERM/SIGINT, drains, then re-raises the signal to the handler found at start:
     # make that handler an orderly exit, so the `finally` below flushes the prediction log.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -95,19 +96,21 @@ class Router:
         for chosen, idx, rows_list in groups.values():
             role = "canary" if chosen is not self.primary else "primary"
             flat = [r for rows in rows_list for r in rows]
+            ids = [uuid.uuid4().hex for _ in idx]  # each request keeps its own id, in its answer and in the log
+            row_ids = [rid for rid, rows in zip(ids, rows_list, strict=True) for _ in rows]
             self._inflight.inc(len(idx))
             try:
-                merged = chosen.predict(flat, role=role)
+                merged = chosen.predict(flat, role=role, row_ids=row_ids)
             except Exception:
                 chosen.count("500", len(idx))
                 raise
             finally:
                 self._inflight.dec(len(idx))
             pos = 0
-            for i, rows in zip(idx, rows_list, strict=True):
+            for i, rid, rows in zip(idx, ids, rows_list, strict=True):
                 k = len(rows)
                 out[i] = Result(chosen.name, chosen.version, merged.scores[pos:pos + k], merged.degraded[pos:pos + k],
-                                role)
+                                role, rid, merged.classes)
                 pos += k
                 chosen.count("200")
                 if self._shadow is not None and self.secondary is not None:

@@ -32,6 +32,7 @@ class ServeSpec:
     batch_wait_s: float = 0.005
     min_replicas: int = 1
     max_replicas: int = 1
+    feature_service: str | None = None  # look a non-keel model's inputs up from this service
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -70,7 +71,8 @@ class ServeSpec:
 
         uri = self.predlog_uri or str(settings.home / "predictions")
         log = PredictionLog(uri, self.sample_rate, flush_interval_s=10.0)
-        common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s}
+        common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s,
+                  "feature_service": self.feature_service}
         primary = Predictor.from_registry(settings, self.model, self.alias, self.version, **common)
         other = self.canary_alias or self.shadow_alias
         secondary = Predictor.from_registry(settings, self.model, other, **common) if other else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from keel.config import Settings
 from keel.errors import KeelError, NotFoundError
-from keel.stack.health import http_ok, port_in_use, redis_ok, wait_until
+from keel.infra.probes import http_ok, port_in_use, redis_ok, wait_until
 from keel.stack.services import Service, build_services, deployment_services, resolve_binary
 
 
@@ -215,9 +215,10 @@ class Stack:
         return [rec["pgid"] for n in self.services if (rec := self._record(n))]
 
     def tail(self, name: str, lines: int = 50) -> str:
-        if name not in self.services:
-            raise NotFoundError("service", name, self.services)
         path = self.log_path(name)
+        # a deployment that failed to start is no longer a service, but its log is what the user needs
+        if name not in self.services and not path.exists():
+            raise NotFoundError("service", name, self.services)
         if not path.exists():
             return ""
         with open(path, "rb") as fh:

@@ -185,3 +185,15 @@ def write(tables: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
         tmp.replace(path)
         paths[name] = path
     return paths
+
+
+def generate_to(out_dir: Path | None = None, rows: int = 100_000, seed: int = 7,
+                drift: dict[str, float] | None = None, end: datetime | None = None) -> dict[str, Path]:
+    """The project's data hook (``data.generate`` in keel.yaml), called by `keel data generate` and
+    `make demo`: ``rows`` labelled transactions and the feature snapshots behind them, under ``out_dir``
+    (default: keel's data directory, where this example's feature repo reads them)."""
+    from keel.config import load_settings
+
+    spec = GenSpec(transactions=rows, customers=max(500, rows // 20), seed=seed, drift=drift or {},
+                   **({"end": end} if end else {}))
+    return write(generate(spec), out_dir or load_settings().data_dir)

@@ -1,0 +1,150 @@
+"""The explicit client behind keel's SDK: names and versions in, no globals.
+
+Each method is one step of register → gate → deploy → monitor and says what it records. Model settings
+(feature service, label, task, gate, rollout, serving) come from the project spec when the model is in
+it; every one can also be passed directly, so a model keel's spec does not know is served just the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keel.config import Settings, load_settings
+from keel.errors import KeelError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from keel.features.training import TrainingSet
+    from keel.project import ModelSpec, ProjectSpec
+    from keel.registry.client import VersionInfo
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None, project: str | Path | None = None,
+                 progress: Any = None) -> None:
+        self.settings = settings or load_settings(**({"project": Path(project)} if project else {}))
+        self.progress = progress or (lambda msg: None)  # called with a line per step of long work
+
+    # -- spec ---------------------------------------------------------------------------------------
+    @property
+    def project(self) -> ProjectSpec:
+        return self.settings.spec()
+
+    def model_spec(self, model: str) -> ModelSpec:
+        return self.project.model(model)
+
+    def _known(self, model: str) -> ModelSpec | None:
+        """The model's spec when a project spec exists and names it; None otherwise."""
+        try:
+            spec = self.project
+        except KeelError:
+            return None
+        return spec.models.get(model)
+
+    def labels_of(self, model: str) -> str:
+        return self.project.resolve(self.model_spec(model).labels, self.settings.home)
+
+    # -- features -----------------------------------------------------------------------------------
+    def training_set(self, model: str | None = None, *, feature_service: str | None = None,
+                     labels: pd.DataFrame | str | Path | None = None, label: str | None = None,
+                     filter_by_created_timestamp: bool = True, reason: str = "",
+                     engine: str = "keel") -> TrainingSet:
+        """A point-in-time training set, snapshotted under its content hash (what lineage records).
+        ``model`` takes feature service, labels and label from the project spec; each can be overridden."""
+        from keel.features import training
+
+        spec = self.model_spec(model) if model else None
+        service = feature_service or (spec.feature_service if spec else None)
+        if not service:
+            raise KeelError("give a model from the project spec or feature_service=")
+        events: Any = labels if labels is not None else (self.labels_of(model) if model else None)
+        if events is None:
+            raise KeelError("give a model from the project spec or labels= (a DataFrame, parquet or CSV path)")
+        if spec and spec.timestamp != training.TIMESTAMP:
+            events = training.load_events(events).rename(columns={spec.timestamp: training.TIMESTAMP})
+        return training.build(self.settings, service, events, label if label is not None else
+                              (spec.label if spec else None), engine=engine,
+                              filter_by_created_timestamp=filter_by_created_timestamp, reason=reason)
+
+    # -- registry -----------------------------------------------------------------------------------
+    def _registry(self) -> Any:
+        from keel.registry.client import Registry
+
+        return Registry(self.settings)
+
+    def register(self, model: Any, name: str, *, training_set: TrainingSet, holdout: pd.DataFrame,
+                 metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+                 task: str | None = None, reason: str = "", idempotency_key: str | None = None) -> VersionInfo:
+        """Log ``model`` to MLflow with its signature, lineage tags (feature service, views, definition
+        hash, training window and snapshot hash, git sha), training statistics and holdout; alias it
+        ``challenger``; append an audit record. Task and gate come from the spec when ``name`` is in it."""
+        spec = self._known(name)
+        return self._registry().register(model, name, training_set, holdout, metrics, params,
+                                         idempotency_key=idempotency_key, reason=reason,
+                                         task=task or (spec.task if spec else None),
+                                         gate=spec.gate if spec else None)
+
+    def train(self, model: str, reason: str = "", **params: Any) -> VersionInfo:
+        """The spec's whole training step: training set → its entry point → ``register``."""
+        spec = self.model_spec(model)
+        fit = self.project.entry_point(model)  # a broken entry point is said before minutes of work
+        self.progress("connecting to MLflow")
+        self._registry().client  # noqa: B018 - fail fast when MLflow is down, before minutes of work
+        self.progress(f"point-in-time training set from '{spec.feature_service}'")
+        ts = self.training_set(model)
+        self.progress(f"training {spec.train} on {len(ts.frame):,} rows x {len(ts.features)} features")
+        trained = fit(ts, **{**spec.params, **params})
+        self.progress("registering in MLflow (model, lineage, statistics, holdout)")
+        return self.register(trained.model, model, training_set=ts, holdout=trained.holdout,
+                             metrics=trained.metrics, params=trained.params, reason=reason)
+
+    def promote(self, model: str, force: bool = False, reason: str = "") -> VersionInfo:
+        """challenger → champion when the gate passes on the same holdout (audited either way)."""
+        return self._registry().promote(model, force=force, reason=reason)
+
+    def rollback(self, model: str, reason: str = "") -> VersionInfo:
+        """champion → the previous champion (audited)."""
+        return self._registry().rollback(model, reason=reason)
+
+    # -- serving ------------------------------------------------------------------------------------
+    def deploy(self, model: str, alias: str = "champion", *, version: str | None = None,
+               runtime: str | None = None, port: int | None = None, feature_service: str | None = None,
+               **options: Any) -> Any:
+        """Serve the version ``alias`` points at now (pinned) on the local stack; returns where."""
+        from keel.serving.deploy import LocalTarget, free_port
+        from keel.serving.spec import ServeSpec
+
+        spec = self._known(model)
+        serving = spec.serving if spec else None
+        target = LocalTarget(self.settings)
+        chosen = port or free_port(self.settings, target, model)
+        settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
+                                     "sample_rate": serving.sample_rate} if serving else {})
+        settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins
+        return target.deploy(ServeSpec(
+            model=model, alias=alias, version=version, port=chosen, feature_service=feature_service,
+            runtime=runtime or (serving.runtime if serving else "kserve"), **settings))
+
+    def undeploy(self, model: str) -> None:
+        from keel.serving.deploy import LocalTarget
+
+        LocalTarget(self.settings).undeploy(model)
+
+    def predict(self, model: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """Score instances with the model's local deployment (entity keys and request values, or the
+        model's raw inputs for a version registered without keel)."""
+        from keel.serving.deploy import predict_local
+
+        return predict_local(self.settings, model, instances)
+
+    # -- monitoring ---------------------------------------------------------------------------------
+    def drift(self, model: str, window: str | None = None, push: bool = True) -> Any:
+        """Evidently on the served traffic vs the champion's holdout; gauges to the Pushgateway, the
+        report to MLflow."""
+        from keel.monitoring import drift
+
+        spec = self._known(model)
+        return drift.run(self.settings, model, window or (spec.drift.window if spec else "1h"),
+                         sample_size=spec.drift.sample_size if spec else 50_000, push=push)

@@ -1,0 +1,73 @@
+"""Where a view's features live in Feast's Redis layout, and Feast's own client for the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mmh3
+
+from keel.features.redis.codec import Unsupported
+
+if TYPE_CHECKING:
+    import redis
+    from feast import FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
+
+
+def field_name(view: str, feature: str) -> bytes:
+    """A feature's hash field: Feast's ``_mmh3`` (murmur3_32, unsigned, 4 little-endian bytes)."""
+    return mmh3.hash(f"{view}:{feature}", signed=False).to_bytes(4, "little")
+
+
+def ts_field(view: str) -> bytes:
+    """The hash field holding a view's event timestamp."""
+    return f"_ts:{view}".encode()
+
+
+# -- layout of a view ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """What keel needs to know to write or read one feature view in Feast's layout."""
+
+    name: str                               # stored name (versioned when the registry says so)
+    project: str
+    join_keys: tuple[tuple[str, int], ...]  # (join key, ValueType)
+    features: tuple[tuple[str, int], ...]   # (feature, ValueType), schema order
+    key_ttl_s: int | None
+    timestamp_field: str = "event_timestamp"  # the view's event time column (after field mapping)
+    created_field: str | None = None          # its created time column, the tie-breaker, if any
+
+    @classmethod
+    def of(cls, fv: FeatureView, config: RepoConfig) -> ViewLayout:
+        from keel.compat.feast import versioned_view_name
+
+        if config.online_store.type != "redis" or config.entity_key_serialization_version != 3:
+            raise Unsupported("online store is not redis with entity key serialization v3")
+        join_keys = tuple((c.name, c.dtype.to_value_type().value) for c in fv.entity_columns)
+        if not join_keys:
+            raise Unsupported(f"view '{fv.name}' has no entities")
+        src = fv.batch_source
+        return cls(name=versioned_view_name(fv, config), project=config.project, join_keys=join_keys,
+                   features=tuple((f.name, f.dtype.to_value_type().value) for f in fv.features),
+                   key_ttl_s=getattr(config.online_store, "key_ttl_seconds", None) or None,
+                   timestamp_field=getattr(src, "timestamp_field", None) or "event_timestamp",
+                   created_field=getattr(src, "created_timestamp_column", None) or None)
+
+
+def redis_client(store: FeatureStore) -> redis.Redis:
+    """Feast's own redis-py client for the store, so keel uses the same connection settings (and, for a
+    store opened with ``open_store(serving=True)``, the same timeouts and no retries)."""
+    import redis as redis_py
+
+    cfg = store.config.online_store
+    kind = getattr(cfg, "redis_type", "redis")
+    if cfg.type != "redis" or getattr(kind, "value", kind) != "redis":
+        raise Unsupported("online store is not a single Redis (cluster and sentinel use Feast's path)")
+    from keel.compat.feast import online_client
+
+    client = online_client(store)
+    if not isinstance(client, redis_py.Redis):
+        raise Unsupported("online store client is not redis.Redis")
+    return client
