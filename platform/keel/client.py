@@ -76,13 +76,14 @@ class Client:
 
     def register(self, model: Any, name: str, *, training_set: TrainingSet, holdout: pd.DataFrame,
                  metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                 task: str | None = None, reason: str = "", idempotency_key: str | None = None) -> VersionInfo:
+                 task: str | None = None, reason: str = "", idempotency_key: str | None = None,
+                 actor: str | None = None) -> VersionInfo:
         """Log ``model`` to MLflow with its signature, lineage tags (feature service, views, definition
         hash, training window and snapshot hash, git sha), training statistics and holdout; alias it
         ``challenger``; append an audit record. Task and gate come from the spec when ``name`` is in it."""
         spec = self._known(name)
         return self._registry().register(model, name, training_set, holdout, metrics, params,
-                                         idempotency_key=idempotency_key, reason=reason,
+                                         idempotency_key=idempotency_key, reason=reason, actor=actor,
                                          task=task or (spec.task if spec else None),
                                          gate=spec.gate if spec else None)
 

@@ -56,7 +56,7 @@ def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> 
     trained = client.project.entry_point(model)(ts, **conf["params"])
     v = client.register(trained.model, model, training_set=ts, holdout=trained.holdout, metrics=trained.metrics,
                         params=trained.params, idempotency_key=run_id,
-                        reason=f"retrain {run_id}: {conf.get('reason', '')}".strip())
+                        reason=f"retrain {run_id}: {conf.get('reason', '')}".strip(), actor="airflow")
     return {"version": v.version, "training_set_hash": ts.snapshot_hash, "rows": len(ts.frame)}
 
 

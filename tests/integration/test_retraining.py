@@ -21,7 +21,7 @@ from keel.stack import Stack
 from keel.stack.supervisor import _group_members
 from tests.conftest import build_fraud, isolated_settings, run_keel
 
-MODEL = "fraud"  # dags/retrain.yaml declares its DAG
+MODEL = "fraud"  # examples/fraud/keel.yaml declares it, so Airflow has its DAG
 END = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -178,7 +178,8 @@ def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300,
                              check=False)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
-    for dag in ("keel_materialize", f"keel_retrain__{MODEL}"):
+    # the retraining DAG is run this way by test_projects (the delivery example's); here the materialize DAG
+    for dag in ("keel_materialize",):
         proc = subprocess.run([airflow, "dags", "test", dag], env=env, capture_output=True, text=True,
                               timeout=480, check=False)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -37,6 +37,19 @@ def test_ray_answers_like_the_core(ray_url: str, stack_settings: Settings, serve
     ready = httpx.get(f"{ray_url}/v1/models/{MODEL}").json()
     assert ready == {"name": MODEL, "ready": True, "version": served_model["champion"], "alias": "champion",
                      "device": "cpu"}
+    # the same request in V2 (Open Inference Protocol), through the protocol module KServe's runtime uses
+    meta = httpx.get(f"{ray_url}/v2/models/{MODEL}").json()
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
+        ("customer_id", "INT64"), ("merchant_id", "INT64"), ("amount", "FP64")]
+    cols = {k: [i[k] for i in instances] for k in ("customer_id", "merchant_id", "amount")}
+    v2 = {"id": "r1", "inputs": [{"name": k, "datatype": "FP64" if k == "amount" else "INT64", "shape": [len(v)],
+                                  "data": v} for k, v in cols.items()]}
+    r2 = httpx.post(f"{ray_url}/v2/models/{MODEL}/infer", json=v2, timeout=30)
+    assert r2.status_code == 200, r2.text
+    out = {o["name"]: o for o in r2.json()["outputs"]}
+    assert r2.json()["id"] == "r1" and out["score"]["data"] == pytest.approx(core.scores, abs=1e-9)
+    bad = httpx.post(f"{ray_url}/v2/models/{MODEL}/infer", json={"inputs": [{**v2["inputs"][0], "datatype": "BYTES"}]})
+    assert bad.status_code == 400 and "customer_id" in bad.json()["field"]
 
 
 def test_concurrent_requests_are_batched(ray_url: str) -> None:
@@ -70,7 +83,7 @@ def test_graceful_stop_flushes_the_prediction_log(ray_url: str, deployer, stack_
                           json={"instances": [{"customer_id": i, "merchant_id": 1, "amount": 1.0}]}).status_code == 200
     deployer.target.undeploy(MODEL)
     log = read(spec.predlog_uri, MODEL)
-    assert len(log) == 8 + 96 + 25  # every answered instance, none twice, after a graceful stop
+    assert len(log) == 8 + 8 + 96 + 25  # every answered instance (V1 and V2), none twice, after a graceful stop
 
 
 @pytest.mark.parametrize("name", ["ray_serve_config.yaml", "ray_serve_config.gpu.yaml"])

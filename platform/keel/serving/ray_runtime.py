@@ -46,6 +46,7 @@ class KeelDeployment:
 
     @api.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> Response:
+        from keel.serving import protocol
         from keel.serving.core import InputError
 
         if name != self.spec.model:
@@ -55,13 +56,47 @@ class KeelDeployment:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"body: not valid JSON ({exc})", "field": "body"}, status_code=400)
-        if not isinstance(body, dict) or "instances" not in body:
-            return JSONResponse({"error": "instances: missing; expected {\"instances\": [{...}]}",
-                                 "field": "instances"}, status_code=400)
-        result = await self.predict_batch(body["instances"])
+        try:
+            instances = protocol.v1_instances(body)
+        except InputError as exc:
+            return JSONResponse(exc.body(), status_code=400)
+        result = await self.predict_batch(instances)
         if isinstance(result, InputError):
             return JSONResponse(result.body(), status_code=400)
         return JSONResponse(result.as_dict())
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> Response:
+        """Open Inference Protocol V2, as KServe's runtime answers it (keel.serving.protocol)."""
+        from keel.serving import protocol
+        from keel.serving.core import InputError
+
+        if name != self.spec.model:
+            return JSONResponse({"error": f"model '{name}' is not served here; serving '{self.spec.model}'",
+                                 "field": "model"}, status_code=404)
+        try:
+            body = json.loads(await request.body())
+            rows = protocol.v2_instances(protocol.v2_json_inputs(body), self.router.primary)
+        except InputError as exc:  # before ValueError, which it is
+            return JSONResponse(exc.body(), status_code=400)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return JSONResponse({"error": f"body: not valid JSON ({exc})", "field": "body"}, status_code=400)
+        result = await self.predict_batch(rows)
+        if isinstance(result, InputError):
+            return JSONResponse(result.body(), status_code=400)
+        outputs = [{"name": n, "shape": shape, "datatype": dt, "data": data}
+                   for n, shape, dt, data in protocol.v2_outputs(result)]
+        rid = body.get("id") if isinstance(body, dict) else None
+        return JSONResponse({"model_name": name, "model_version": result.version, "id": rid or result.request_id,
+                             "outputs": outputs, "parameters": {"degraded": any(result.degraded)}})
+
+    @api.get("/v2/models/{name}")
+    async def metadata(self, name: str) -> Response:
+        from keel.serving import protocol
+
+        if name != self.spec.model:
+            return JSONResponse({"error": f"model '{name}' is not served here", "field": "model"}, status_code=404)
+        return JSONResponse(protocol.v2_metadata(name, self.router.primary))
 
     @api.get("/v1/models/{name}")
     async def ready(self, name: str) -> Response:
