@@ -35,7 +35,7 @@ class Client:
     def model_spec(self, model: str) -> ModelSpec:
         return self.project.model(model)
 
-    def _known(self, model: str) -> ModelSpec | None:
+    def spec_of(self, model: str) -> ModelSpec | None:
         """The model's spec when a project spec exists and names it; None otherwise."""
         try:
             spec = self.project
@@ -81,7 +81,7 @@ class Client:
         """Log ``model`` to MLflow with its signature, lineage tags (feature service, views, definition
         hash, training window and snapshot hash, git sha), training statistics and holdout; alias it
         ``challenger``; append an audit record. Task and gate come from the spec when ``name`` is in it."""
-        spec = self._known(name)
+        spec = self.spec_of(name)
         return self._registry().register(model, name, training_set, holdout, metrics, params,
                                          idempotency_key=idempotency_key, reason=reason, actor=actor,
                                          task=task or (spec.task if spec else None),
@@ -117,7 +117,7 @@ class Client:
         from keel.serving.deploy import LocalTarget, free_port
         from keel.serving.spec import ServeSpec
 
-        spec = self._known(model)
+        spec = self.spec_of(model)
         serving = spec.serving if spec else None
         target = LocalTarget(self.settings)
         chosen = port or free_port(self.settings, target, model)
@@ -146,6 +146,6 @@ class Client:
         report to MLflow."""
         from keel.monitoring import drift
 
-        spec = self._known(model)
+        spec = self.spec_of(model)
         return drift.run(self.settings, model, window or (spec.drift.window if spec else "1h"),
                          sample_size=spec.drift.sample_size if spec else 50_000, push=push)

@@ -169,12 +169,13 @@ def test_a_model_registered_without_keel_serves_raw_features_on_both_runtimes(st
                                  signature=mlflow.models.infer_signature(X, clf.predict(X)))
         mlflow.sklearn.log_model(clf, name="nosig", registered_model_name="plain_nosig")
 
-    t0 = time.monotonic()
-    refused = run_keel(["deploy", "plain_nosig", "--version", "1"], s)
-    took = time.monotonic() - t0
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "signature names no inputs" in refused.stderr and "--feature-service" in refused.stderr
-    assert took < 5.0, f"refusal took {took:.1f}s"
+    for runtime in ("kserve", "ray"):  # refused before any server starts: no crash loop, no hang
+        t0 = time.monotonic()
+        refused = run_keel(["deploy", "plain_nosig", "--version", "1", "--runtime", runtime], s)
+        took = time.monotonic() - t0
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "signature names no inputs" in refused.stderr and "--feature-service" in refused.stderr
+        assert took < 5.0, f"refusal took {took:.1f}s"
     assert "serve-plain_nosig" not in run_keel(["status"], s).stdout
 
     expected = clf.predict_proba(X.head(3))[:, 1]
@@ -188,3 +189,26 @@ def test_a_model_registered_without_keel_serves_raw_features_on_both_runtimes(st
             assert bad.returncode == 2 and "instances[0].income" in bad.stderr, (runtime, bad.stderr)
         finally:
             run_keel(["undeploy", "plain_lr"], s)
+
+
+def test_a_lightgbm_model_logged_without_keel_serves_natively(stack, stack_settings: Settings) -> None:
+    import lightgbm as lgb
+    import mlflow
+    import numpy as np
+
+    s = stack_settings
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"x1": rng.normal(size=400), "x2": rng.normal(size=400)})
+    y = X.x1 * 2.0 - X.x2 + rng.normal(0, 0.1, 400)
+    reg = lgb.LGBMRegressor(n_estimators=30, verbose=-1).fit(X, y)
+    mlflow.set_tracking_uri(s.tracking_uri)
+    with mlflow.start_run():
+        mlflow.lightgbm.log_model(reg, name="model", registered_model_name="plain_lgbm",
+                                  signature=mlflow.models.infer_signature(X, reg.predict(X)))
+    try:
+        _ok(run_keel(["deploy", "plain_lgbm", "--version", "1"], s))
+        out = json.loads(_ok(run_keel(["predict", "plain_lgbm", "--json", json.dumps(X.head(4).to_dict("records")),
+                                       "-o", "json"], s)))
+        assert np.allclose(out["predictions"], reg.predict(X.head(4))), out
+    finally:
+        run_keel(["undeploy", "plain_lgbm"], s)

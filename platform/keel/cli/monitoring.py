@@ -15,25 +15,30 @@ def drift() -> None:
 
 @drift.command("run")
 @click.argument("model")
-@click.option("--window", default="1h", show_default=True, help="prediction-log window, e.g. 30m, 1h, 7d")
+@click.option("--window", default=None, help="prediction-log window, e.g. 30m, 1h, 7d; default: the spec's, else 1h")
 @click.option("--predictions", default=None, help="prediction-log URI; default: KEEL_HOME/predictions")
-@click.option("--sample-size", default=50_000, show_default=True, type=click.IntRange(min=100),
+@click.option("--sample-size", default=None, type=click.IntRange(min=100),
               help="rows compared per side at most (seeded uniform sample)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--interval", default=None, help="the job's schedule (for staleness alerts); default: --window")
 @click.option("--no-push", is_flag=True, help="do not push gauges to the Pushgateway")
 @click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.pass_context
-def drift_run(ctx: click.Context, model: str, window: str, predictions: str | None, sample_size: int, seed: int,
-              interval: str | None, no_push: bool, fmt: str) -> None:
+def drift_run(ctx: click.Context, model: str, window: str | None, predictions: str | None, sample_size: int | None,
+              seed: int, interval: str | None, no_push: bool, fmt: str) -> None:
     """Compare MODEL's recent traffic with its training data; push gauges and log the report to MLflow.
 
     Exits 0 whether or not drift is found; non-zero with one line when the run cannot be made."""
     from dataclasses import asdict
 
+    from keel.client import Client
     from keel.monitoring import drift as d
 
-    r = d.run(settings_of(ctx), model, window, predictions, sample_size, seed, interval, push=not no_push)
+    s = settings_of(ctx)
+    spec = Client(s).spec_of(model)  # the model's drift settings when the project spec names it
+    window = window or (spec.drift.window if spec else "1h")
+    sample_size = sample_size or (spec.drift.sample_size if spec else 50_000)
+    r = d.run(s, model, window, predictions, sample_size, seed, interval, push=not no_push)
     if fmt != "table":
         click.echo(render(asdict(r), fmt))
         return
