@@ -64,15 +64,19 @@ class Client:
             raise KeelError("give a model from the project spec or labels= (a DataFrame, parquet or CSV path)")
         if spec and spec.timestamp != training.TIMESTAMP:
             events = training.load_events(events).rename(columns={spec.timestamp: training.TIMESTAMP})
-        return training.build(self.settings, service, events, label if label is not None else
-                              (spec.label if spec else None), engine=engine,
-                              filter_by_created_timestamp=filter_by_created_timestamp, reason=reason)
+        self.progress(f"point-in-time join of the labelled events against '{service}' ({engine} engine)")
+        ts = training.build(self.settings, service, events, label if label is not None else
+                            (spec.label if spec else None), engine=engine,
+                            filter_by_created_timestamp=filter_by_created_timestamp, reason=reason)
+        self.progress(f"training set: {len(ts.frame):,} rows x {len(ts.features)} features, "
+                      f"snapshot {ts.snapshot_hash[:12]}")
+        return ts
 
     # -- registry -----------------------------------------------------------------------------------
     def _registry(self) -> Any:
         from keel.registry.client import Registry
 
-        return Registry(self.settings)
+        return Registry(self.settings, progress=self.progress)
 
     def register(self, model: Any, name: str, *, training_set: TrainingSet, holdout: pd.DataFrame,
                  metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
@@ -93,11 +97,9 @@ class Client:
         fit = self.project.entry_point(model)  # a broken entry point is said before minutes of work
         self.progress("connecting to MLflow")
         self._registry().client  # noqa: B018 - fail fast when MLflow is down, before minutes of work
-        self.progress(f"point-in-time training set from '{spec.feature_service}'")
         ts = self.training_set(model)
         self.progress(f"training {spec.train} on {len(ts.frame):,} rows x {len(ts.features)} features")
         trained = fit(ts, **{**spec.params, **params})
-        self.progress("registering in MLflow (model, lineage, statistics, holdout)")
         return self.register(trained.model, model, training_set=ts, holdout=trained.holdout,
                              metrics=trained.metrics, params=trained.params, reason=reason)
 
@@ -148,4 +150,4 @@ class Client:
 
         spec = self.spec_of(model)
         return drift.run(self.settings, model, window or (spec.drift.window if spec else "1h"),
-                         sample_size=spec.drift.sample_size if spec else 50_000, push=push)
+                         sample_size=spec.drift.sample_size if spec else 50_000, push=push, progress=self.progress)

@@ -41,13 +41,27 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def progress_wanted() -> bool:
+    """Progress on stderr when a person is watching (a TTY); ``KEEL_PROGRESS=1`` forces it (an Airflow
+    task log, CI), ``KEEL_PROGRESS=0`` silences it. Scripts and pipes otherwise get only the result."""
+    import os
+    import sys
+
+    forced = os.environ.get("KEEL_PROGRESS", "").strip().lower()
+    if forced in ("1", "true", "yes", "always"):
+        return True
+    if forced in ("0", "false", "no", "never"):
+        return False
+    return sys.stderr.isatty()
+
+
 def progress_printer() -> Any:
-    """Progress lines for long work (training sets, training, uploads) with elapsed time, on stderr when
-    a person is watching (a TTY); scripts and pipes get only the result."""
+    """Progress lines for long work (training sets, training, uploads, drift) with elapsed time, on
+    stderr when ``progress_wanted``."""
     import sys
     import time
 
-    if not sys.stderr.isatty():
+    if not progress_wanted():
         return lambda msg: None
     t0 = time.monotonic()
 
@@ -55,3 +69,16 @@ def progress_printer() -> Any:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     return say
+
+
+def row_bars() -> Any:
+    """A factory of row-count progress bars, ``(label, total) -> bar``, on stderr when ``progress_wanted``;
+    None otherwise (no bar at all, not a bar nobody reads)."""
+    import sys
+
+    if not progress_wanted():
+        return None
+    from tqdm import tqdm
+
+    return lambda label, total: tqdm(total=total, desc=label, unit="rows", unit_scale=True, file=sys.stderr,
+                                     dynamic_ncols=True)

@@ -352,3 +352,51 @@ def test_serving_reads_through_keel_with_the_serving_client(repo: dict[str, Any]
     kw = client.connection_pool.connection_kwargs
     assert kw["socket_timeout"] == kw["socket_connect_timeout"] == 0.04
     assert kw["retry"].get_retries() == 0
+
+
+def test_feast_materialize_through_keels_engine_plugin(repo: dict[str, Any], tmp_path: Path) -> None:
+    """`feast materialize` itself (Feast's CLI, in a repo whose feature_store.yaml names keel's batch engine)
+    stores the bytes Feast's own engine stores; in process, FeatureStore.materialize does too."""
+    import subprocess
+    import sys
+
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    fs, r, root = repo["fs"], repo["r"], repo["root"]
+    r.flushdb()
+    fs.materialize(start_date=START, end_date=END)
+    by_feast = _dump(r)
+    # a repo directory of its own over the same registry, as a user would write it
+    (tmp_path / "feature_store.yaml").write_text(
+        "project: layout_test\nprovider: local\n"
+        f"registry:\n  registry_type: file\n  path: {root / 'registry.db'}\n  cache_ttl_seconds: 0\n"
+        f"online_store:\n  type: redis\n  connection_string: 127.0.0.1:{repo['port']},db=3\n"
+        "offline_store:\n  type: duckdb\nentity_key_serialization_version: 3\n"
+        "batch_engine:\n  type: keel.features.redis.engine.KeelComputeEngine\n")
+    r.flushdb()
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), "--log-level", "INFO", "-c", str(tmp_path), "materialize",
+                           START.isoformat(), END.isoformat()], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _dump(r) == by_feast
+    for view in FEATURES:  # keel's writer took every view (none fell back to Feast's engine)
+        assert f"{view}: keel wrote" in done.stderr, done.stderr[-2000:]
+    # in process: the engine's own record says what it wrote
+    cfg = RepoConfig(project="layout_test", provider="local", repo_path=str(tmp_path),
+                     registry={"registry_type": "file", "path": str(root / "registry.db"), "cache_ttl_seconds": 0},
+                     online_store={"type": "redis", "connection_string": f"127.0.0.1:{repo['port']},db=3"},
+                     offline_store={"type": "duckdb"}, entity_key_serialization_version=3,
+                     batch_engine={"type": "keel.features.redis.engine.KeelComputeEngine"})
+    plugged = FeatureStore(config=cfg)
+    r.flushdb()
+    plugged.materialize(start_date=START, end_date=END)
+    assert _dump(r) == by_feast
+    engine = plugged._get_provider().batch_engine
+    assert {v: s.written for v, s in engine.written.items()} == {
+        v: len(_latest_in_window(repo["frames"][v], KEYS[v])) for v in FEATURES}
+
+
+def _latest_in_window(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    win = df[(df["event_timestamp"] >= START) & (df["event_timestamp"] <= END)]
+    return win.drop_duplicates(keys)

@@ -7,8 +7,10 @@ its retraining DAG in real Airflow → promoted and serving. No keel code knows 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -57,12 +59,19 @@ def test_a_user_project_from_data_to_two_served_models(delivery: Settings) -> No
     # relative registry and source paths are the repo's, though keel runs from its own checkout
     assert "applied 3 objects: courier_stats, delivery_v1, expected" in _ok(run_keel(["features", "apply"], s))
     assert (repo_data / "registry.db").exists() and not (ROOT / "data" / "registry.db").exists()
-    _ok(run_keel(["features", "materialize", "--end", f"{END}T00:00:00"], s))
-    ts = _ok(run_keel(["features", "training-set", "delivery_time"], s))
-    assert "rows: 6000" in ts and "created_filter: 'on'" in ts
+    # long work shows progress (forced here: the test's stderr is not a terminal)
+    mat = run_keel(["features", "materialize", "--end", f"{END}T00:00:00"], s, KEEL_PROGRESS="1")
+    _ok(mat)
+    assert re.search(r"courier_stats: 100%.*\b\d+(\.\d+)?k?/\d+(\.\d+)?k? \[", mat.stderr), mat.stderr
+    ts = run_keel(["features", "training-set", "delivery_time"], s, KEEL_PROGRESS="1")
+    assert "rows: 6000" in _ok(ts) and "created_filter: 'on'" in ts.stdout
+    assert "s] training set: 6,000 rows" in ts.stderr, ts.stderr
 
-    trained = _ok(run_keel(["train", "delivery_time"], s))
-    assert "registered delivery_time v1 as challenger (regression)" in trained and "rmse=" in trained
+    trained = run_keel(["train", "delivery_time"], s, KEEL_PROGRESS="1")
+    assert "registered delivery_time v1 as challenger (regression)" in _ok(trained) and "rmse=" in trained.stdout
+    for step in ("point-in-time join", "scoring the holdout", "uploading statistics and holdout",
+                 "uploading the model (sklearn flavor)", "aliasing it challenger"):
+        assert step in trained.stderr, trained.stderr
     assert "v1 is now champion" in _ok(run_keel(["promote", "delivery_time"], s))
     # a much weaker challenger: rmse is lower-is-better, so the gate refuses it (exit 3)
     _ok(run_keel(["train", "delivery_time", "--param", "max_iter=3"], s))
@@ -117,11 +126,12 @@ def test_a_user_project_from_data_to_two_served_models(delivery: Settings) -> No
 
     # drift over what was just served, against the champion's holdout (string column included)
     deadline = time.monotonic() + 60
-    drift = run_keel(["drift", "run", "delivery_time", "--no-push", "-o", "json"], s)
+    drift = run_keel(["drift", "run", "delivery_time", "--no-push", "-o", "json"], s, KEEL_PROGRESS="1")
     while drift.returncode != 0 and "no predictions" in drift.stderr and time.monotonic() < deadline:
         time.sleep(2)  # the prediction log flushes every 10 s
-        drift = run_keel(["drift", "run", "delivery_time", "--no-push", "-o", "json"], s)
+        drift = run_keel(["drift", "run", "delivery_time", "--no-push", "-o", "json"], s, KEEL_PROGRESS="1")
     report = json.loads(_ok(drift))
+    assert "Evidently:" in drift.stderr and "logging the report to MLflow" in drift.stderr, drift.stderr
     assert {c["column"] for c in report["features"]} >= {"vehicle", "avg_minutes_7d"}
     assert report["version"] == "1"
 
@@ -191,7 +201,8 @@ def test_a_model_registered_without_keel_serves_raw_features_on_both_runtimes(st
             run_keel(["undeploy", "plain_lr"], s)
 
 
-def test_a_lightgbm_model_logged_without_keel_serves_natively(stack, stack_settings: Settings) -> None:
+def test_lightgbm_and_generic_pyfunc_models_logged_without_keel_serve(stack, stack_settings: Settings,
+                                                                       tmp_path: Path) -> None:
     import lightgbm as lgb
     import mlflow
     import numpy as np
@@ -205,10 +216,121 @@ def test_a_lightgbm_model_logged_without_keel_serves_natively(stack, stack_setti
     with mlflow.start_run():
         mlflow.lightgbm.log_model(reg, name="model", registered_model_name="plain_lgbm",
                                   signature=mlflow.models.infer_signature(X, reg.predict(X)))
+    # a generic pyfunc model, logged from code (MLflow's models-from-code), no native flavor at all
+    code = tmp_path / "linear_model.py"
+    code.write_text(textwrap.dedent("""\
+        import mlflow
+
+
+        class Linear(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params=None):
+                return (model_input["x1"] * 2.0 - model_input["x2"]).to_numpy()
+
+
+        mlflow.models.set_model(Linear())
+        """))
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name="plain_pyfunc",
+                                signature=mlflow.models.infer_signature(X, (X.x1 * 2.0 - X.x2).to_numpy()))
+    rows = json.dumps(X.head(4).to_dict("records"))
     try:
         _ok(run_keel(["deploy", "plain_lgbm", "--version", "1"], s))
-        out = json.loads(_ok(run_keel(["predict", "plain_lgbm", "--json", json.dumps(X.head(4).to_dict("records")),
-                                       "-o", "json"], s)))
+        _ok(run_keel(["deploy", "plain_pyfunc", "--version", "1"], s))  # side by side with plain_lgbm
+        out = json.loads(_ok(run_keel(["predict", "plain_lgbm", "--json", rows, "-o", "json"], s)))
         assert np.allclose(out["predictions"], reg.predict(X.head(4))), out
+        out = json.loads(_ok(run_keel(["predict", "plain_pyfunc", "--json", rows, "-o", "json"], s)))
+        assert np.allclose(out["predictions"], X.head(4).x1 * 2.0 - X.head(4).x2), out
+        bad = run_keel(["predict", "plain_pyfunc", "--json", '[{"x1": "high", "x2": 1.0}]'], s)
+        assert bad.returncode == 2 and "instances[0].x1" in bad.stderr, bad.stderr
     finally:
         run_keel(["undeploy", "plain_lgbm"], s)
+        run_keel(["undeploy", "plain_pyfunc"], s)
+
+
+MAP_REPO = {
+    "feature_store.yaml": """\
+        project: prefs
+        provider: local
+        registry: data/registry.db
+        online_store:
+          type: redis
+          connection_string: ${FEAST_REDIS_CONNECTION}
+        offline_store:
+          type: duckdb
+        entity_key_serialization_version: 3
+        """,
+    "definitions.py": """\
+        from datetime import timedelta
+
+        from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+        from feast.types import Float64, Json, Map, String
+
+        user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+        source = FileSource(name="users", path="data/users.parquet", timestamp_field="event_timestamp",
+                            created_timestamp_column="created")
+        profile = FeatureView(name="profile", entities=[user], ttl=timedelta(days=30), source=source, schema=[
+            Field(name="user_id", dtype=String), Field(name="score", dtype=Float64),
+            Field(name="prefs", dtype=Map), Field(name="meta", dtype=Json)])
+        prefs_v1 = FeatureService(name="prefs_v1", features=[profile])
+        """,
+}
+
+
+def test_map_and_json_features_train_and_are_refused_at_deploy(stack, stack_settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """Map and Json features go through training sets (the same snapshot hash whatever the event order, the
+    same rows from keel's engine and Feast's) and registration; deploying the model is refused in seconds,
+    with one line naming them, on both runtimes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from keel.client import Client
+
+    repo = tmp_path / "prefs_repo"
+    (repo / "data").mkdir(parents=True)
+    for name, text in MAP_REPO.items():
+        (repo / name).write_text(textwrap.dedent(text))
+    rng = np.random.default_rng(0)
+    n = 400
+    ts = pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 5 * 86_400, n), unit="s")
+    schema = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                        ("created", pa.timestamp("us", tz="UTC")), ("score", pa.float64()),
+                        ("prefs", pa.map_(pa.string(), pa.string())), ("meta", pa.string())])
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame({
+        "user_id": [f"u{i % 100}" for i in range(n)], "event_timestamp": ts, "created": ts,
+        "score": rng.normal(size=n),
+        "prefs": [[("color", str(rng.choice(["red", "blue"]))), ("size", str(i % 3))] for i in range(n)],
+        "meta": [json.dumps({"k": i, "tags": ["a", "b"][: i % 3]}) for i in range(n)]}), schema=schema,
+        preserve_index=False), repo / "data" / "users.parquet")
+    s = stack_settings.model_copy(update={"feature_repo": repo, "project": None})
+    s._spec = None
+    _ok(run_keel(["features", "apply"], s, KEEL_FEATURE_REPO=str(repo)))
+    events = pd.DataFrame({"user_id": [f"u{i}" for i in range(100)], "y": rng.integers(0, 2, 100),
+                           "event_timestamp": pd.Timestamp("2026-10-07", tz="UTC")})
+    client = Client(s)
+    ts_keel = client.training_set(feature_service="prefs_v1", labels=events, label="y")
+    shuffled = client.training_set(feature_service="prefs_v1", labels=events.sample(frac=1.0, random_state=1),
+                                   label="y")
+    ts_feast = client.training_set(feature_service="prefs_v1", labels=events, label="y", engine="feast")
+    assert ts_keel.snapshot_hash == shuffled.snapshot_hash == ts_feast.snapshot_hash
+    assert ts_keel.unservable == {"prefs": "Map", "meta": "Json"}
+    assert ts_keel.frame["meta"].notna().all() and isinstance(ts_keel.frame["meta"].iloc[0], str)
+
+    # a model that uses only the scalar feature still takes the service's columns as its inputs
+    model = make_pipeline(ColumnTransformer([("num", "passthrough", ["score"])]), LogisticRegression())
+    model.fit(ts_keel.frame[ts_keel.features], ts_keel.frame["y"])
+    v = client.register(model, "prefs_model", training_set=ts_keel, holdout=ts_keel.frame.tail(30))
+    assert v.tags["keel.unservable_features"] == "prefs:Map,meta:Json"
+    for runtime in ("kserve", "ray"):
+        t0 = time.monotonic()
+        refused = run_keel(["deploy", "prefs_model", "--alias", "challenger", "--runtime", runtime], s,
+                           KEEL_FEATURE_REPO=str(repo))
+        took = time.monotonic() - t0
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "'prefs' (Map), 'meta' (Json)" in refused.stderr and "prefs_v1" in refused.stderr, refused.stderr
+        assert took < 5.0, f"refusal took {took:.1f}s"
+    assert "serve-prefs_model" not in run_keel(["status"], s).stdout

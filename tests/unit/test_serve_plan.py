@@ -52,3 +52,20 @@ def test_snapshots_with_map_and_struct_values_hash_and_sort() -> None:
     same = pd.DataFrame({"k": [1, 2], "m": [{"x": [1, 2]}, {"a": 2, "b": 1}], "l": [None, [1, 2]]})
     assert frame_hash(df) == frame_hash(same)
     assert frame_hash(df) != frame_hash(df.assign(m=[{"b": 1, "a": 3}, {"x": [1, 2]}]))
+
+
+def test_a_version_recorded_with_map_or_json_features_is_refused_naming_them() -> None:
+    tags = {**KEEL_TAGS, "keel.unservable_features": "prefs:Map,meta:Json"}
+    with pytest.raises(ServeRefusedError, match=r"'prefs' \(Map\), 'meta' \(Json\).*feature service 'svc'"):
+        build_plan("m", "3", tags, None, None, None)
+    assert build_plan("m", "3", {**KEEL_TAGS, "keel.unservable_features": ""}, None, None, None).keel
+
+
+def test_a_training_set_names_its_unservable_features() -> None:
+    from keel.features.training import TrainingSet
+
+    ts = TrainingSet(frame=pd.DataFrame(), feature_service="svc", features=["a", "b", "c"], entity_keys=[],
+                     label="y", snapshot=None, snapshot_hash="", window_start=None, window_end=None,  # type: ignore[arg-type]
+                     definition_hash="", feature_views=[], engine="keel",
+                     feature_types={"a": "Float64", "b": "Map", "c": "Array(Int64)"})
+    assert ts.unservable == {"b": "Map", "c": "Array(Int64)"}

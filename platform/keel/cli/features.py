@@ -83,10 +83,12 @@ def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[
     """Incrementally load the online store (Redis) up to END, with progress."""
 
     from keel.features import store
+    from keel.output import row_bars
 
     if end and end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
-    done = store.materialize(settings_of(ctx), end, list(views) or None, full=full, engine=engine)
+    done = store.materialize(settings_of(ctx), end, list(views) or None, full=full, engine=engine,
+                             bars=row_bars())
     click.echo(f"materialized up to {done.isoformat()}")
 
 
@@ -104,9 +106,11 @@ def features_training_set(ctx: click.Context, model: str | None, feature_service
     """Point-in-time join of MODEL's labelled events against its feature service, snapshotted with a
     content hash (or any --feature-service with --labels)."""
     from keel.client import Client
+    from keel.output import progress_printer
 
-    ts = Client(settings_of(ctx)).training_set(model, feature_service=feature_service, labels=labels, label=label,
-                                               filter_by_created_timestamp=not no_created_filter, reason=reason)
+    client = Client(settings_of(ctx), progress=progress_printer())
+    ts = client.training_set(model, feature_service=feature_service, labels=labels, label=label,
+                             filter_by_created_timestamp=not no_created_filter, reason=reason)
     for w in ts.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(render({"rows": len(ts.frame), "features": len(ts.features), "hash": ts.snapshot_hash,

@@ -33,12 +33,14 @@ def drift_run(ctx: click.Context, model: str, window: str | None, predictions: s
 
     from keel.client import Client
     from keel.monitoring import drift as d
+    from keel.output import progress_printer
 
     s = settings_of(ctx)
     spec = Client(s).spec_of(model)  # the model's drift settings when the project spec names it
     window = window or (spec.drift.window if spec else "1h")
     sample_size = sample_size or (spec.drift.sample_size if spec else 50_000)
-    r = d.run(s, model, window, predictions, sample_size, seed, interval, push=not no_push)
+    r = d.run(s, model, window, predictions, sample_size, seed, interval, push=not no_push,
+              progress=progress_printer())
     if fmt != "table":
         click.echo(render(asdict(r), fmt))
         return

@@ -22,8 +22,14 @@ def online_client(store: Any) -> Any:
     """The redis-py client Feast's Redis online store made for ``store`` (``_get_provider`` /
     ``_get_client``): keel reads and writes through it so timeouts and retry policy stay Feast's."""
     _checked()
-    online = store._get_provider().online_store
-    return online._get_client(store.config.online_store)
+    return store_client(store._get_provider().online_store, store.config)
+
+
+def store_client(online_store: Any, config: Any) -> Any:
+    """The redis-py client of one of Feast's ``RedisOnlineStore`` objects (``_get_client``): what a batch
+    engine plug-in is handed is the store object, not a ``FeatureStore``."""
+    _checked()
+    return online_store._get_client(config.online_store)
 
 
 def versioned_view_name(fv: Any, config: Any) -> str:

@@ -15,7 +15,7 @@ import os
 import string
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,12 +57,15 @@ def repo_config(settings: Settings) -> Any:
     return RepoConfig(repo_path=settings.repo, **raw)
 
 
-def open_store(settings: Settings, serving: bool = False) -> FeatureStore:
+def open_store(settings: Settings, serving: bool = False, batch_engine: str | None = None) -> FeatureStore:
     """The Feast store. ``serving=True`` bounds every Redis call by KEEL_FEATURE_TIMEOUT_MS, so a hung
-    online store costs a request that long, not a TCP timeout."""
+    online store costs a request that long, not a TCP timeout. ``batch_engine`` replaces the repo's
+    (``"local"``: Feast's own, whatever the repo names)."""
     from feast import FeatureStore
 
     cfg = repo_config(settings)
+    if batch_engine is not None:
+        cfg.batch_engine_config = batch_engine
     if serving and cfg.online_store.type == "redis":
         t = settings.feature_timeout_ms / 1000.0
         cfg.online_store.connection_string += f",socket_timeout={t},socket_connect_timeout={t}"
@@ -179,7 +182,7 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
 
 
 def materialize(settings: Settings, end: datetime | None = None, views: list[str] | None = None,
-                full: bool = False, engine: str = "keel") -> datetime:
+                full: bool = False, engine: str = "keel", bars: Callable[[str, int], Any] | None = None) -> datetime:
     """Incremental materialization up to ``end`` (default now): each view resumes where it stopped.
 
     Unlike Feast's ``materialize_incremental``, a view's first run starts one TTL before ``end``
@@ -190,18 +193,19 @@ def materialize(settings: Settings, end: datetime | None = None, views: list[str
     ``engine="keel"`` (default) writes Feast's Redis layout directly from the view's parquet source
     (keel.features.redis: the same bytes at >10x Feast's rows/s, about as fast as Redis takes them); a
     view it does not handle (another source or store) goes through Feast, as does every view with
-    ``engine="feast"``.
+    ``engine="feast"``. ``bars`` makes a progress bar per view from its label and row total (keel's
+    writer); Feast's path prints its own.
     """
     if engine not in ("keel", "feast"):
         raise KeelError(f"unknown materialization engine '{engine}'; valid choices: feast, keel")
     check_online_store(settings)
     with in_repo(settings):
-        return _materialize(settings, end, views, full, engine)
+        return _materialize(settings, end, views, full, engine, bars)
 
 
 def _materialize(settings: Settings, end: datetime | None, views: list[str] | None, full: bool,
-                 engine: str) -> datetime:
-    fs = open_store(settings)
+                 engine: str, bars: Callable[[str, int], Any] | None) -> datetime:
+    fs = open_store(settings, batch_engine="local" if engine == "feast" else None)
     end = end or datetime.now(timezone.utc)
     registered = {fv.name: fv for fv in fs.list_feature_views()}
     if not registered:
@@ -223,19 +227,21 @@ def _materialize(settings: Settings, end: datetime | None, views: list[str] | No
         rows[name] = 0
         if start >= end:
             continue  # already loaded up to end
-        if engine == "feast" or not _materialize_fast(fs, fv, start, end):
+        bar = (lambda total, name=name: bars(name, total)) if bars else None
+        if engine == "feast" or not _materialize_fast(fs, fv, start, end, bar):
             fs.materialize(start_date=start, end_date=end, feature_views=[name])
         rows[name] = _source_rows(fv, start, end)
     _push_materialization(settings, end, rows, time.time() - began)
     return end
 
 
-def _materialize_fast(fs: FeatureStore, fv: Any, start: datetime, end: datetime) -> bool:
+def _materialize_fast(fs: FeatureStore, fv: Any, start: datetime, end: datetime,
+                      bar: Callable[[int], Any] | None = None) -> bool:
     """keel's own writer of Feast's layout; False (nothing written) when the view needs Feast's path."""
     from keel.features import redis as online
 
     try:
-        online.materialize_view(fs, fv, start, end)
+        online.materialize_view(fs, fv, start, end, progress=bar)
     except online.Unsupported as exc:
         logging.getLogger("keel.features").info("%s: %s; materializing with Feast", fv.name, exc)
         return False

@@ -47,6 +47,17 @@ class TrainingSet:
     created_filter: bool = True  # Feast's filter_by_created_timestamp: feature rows created after the event dropped
     created_filter_reason: str = ""  # why it was turned off, recorded in lineage
     warnings: list[str] = field(default_factory=list)
+    feature_types: dict[str, str] = field(default_factory=dict)  # feature -> Feast type, e.g. Float64, Map
+
+    @property
+    def unservable(self) -> dict[str, str]:
+        """Features keel's servers cannot look up and validate (Map, Struct, Json, arrays): a model trained
+        on them registers, and is refused at deploy with this list."""
+        return {f: t for f, t in self.feature_types.items() if t not in SERVABLE_TYPES}
+
+
+# Feast types keel's servers look up, validate in requests and fill with training defaults
+SERVABLE_TYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool", "String", "Bytes", "UnixTimestamp"})
 
 
 def _hashable(col: pd.Series) -> pd.Series:
@@ -134,6 +145,7 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
     stored = [f.name for fv in fvs for p in service.feature_view_projections if p.name == fv.name
               for f in p.features]
     features = [f.name for proj in service.feature_view_projections for f in proj.features]
+    types = {f.name: str(f.dtype) for proj in service.feature_view_projections for f in proj.features}
     warnings: list[str] = []
     nulled = _all_null_share(df, stored)
     if created_filter and nulled >= NULLED_WARN_SHARE:
@@ -163,7 +175,7 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
         feature_views=sorted(p.name for p in service.feature_view_projections),
         engine="keel" if pit.is_keel_job(job) else "feast",
         request_fields=request_cols, created_filter=created_filter, created_filter_reason=reason,
-        warnings=warnings,
+        warnings=warnings, feature_types=types,
     )
 
 

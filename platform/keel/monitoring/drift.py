@@ -21,6 +21,7 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -273,9 +274,9 @@ def _log_to_mlflow(registry: Any, result: DriftResult, snapshot: Any) -> str:
 
 def run(settings: Settings, model: str, window: str = "1h", predictions: str | None = None,
         sample_size: int = 50_000, seed: int = 0, interval: str | None = None, end: datetime | None = None,
-        push: bool = True) -> DriftResult:
+        push: bool = True, progress: Callable[[str], None] | None = None) -> DriftResult:
     """Compare, push gauges, log the report; the result is also kept under KEEL_HOME/drift even when a
-    later step (Pushgateway, MLflow) fails, so a run is never lost."""
+    later step (Pushgateway, MLflow) fails, so a run is never lost. ``progress`` gets a line per step."""
     from keel.registry import metrics as rm
     from keel.registry.client import Registry
 
@@ -283,7 +284,9 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     interval_s = parse_window(interval).total_seconds() if interval else span.total_seconds()
     end = end or datetime.now(UTC)
     start = end - span
+    say = progress or (lambda msg: None)
     registry = Registry(settings)
+    say(f"reading '{model}' champion and its holdout from MLflow")
     champion = registry.resolve(model, "champion")  # validates the model name with the valid choices
     holdout = registry._holdout(champion)
     features = [f for f in champion.tags.get("keel.features", "").split(",") if f in holdout.columns]
@@ -291,6 +294,7 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
         raise KeelError(f"model '{model}' v{champion.version} records no features (tag keel.features); "
                         f"register it with `keel train` or Registry.register")
     uri = predictions or str(settings.home / "predictions")
+    say(f"reading the prediction log {start:%Y-%m-%d %H:%M} .. {end:%H:%M} UTC (sample of {sample_size:,} at most)")
     current, total, degraded, versions = read_window(uri, model, [*features, PREDICTION], start, end,
                                                      sample_size, seed)
     if current.empty:
@@ -304,9 +308,11 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     if len(reference) > sample_size:  # sampled before scoring: the model scores only the rows compared
         reference = reference.sample(n=sample_size, random_state=seed).reset_index(drop=True)
     reference = reference.copy()
+    say(f"scoring {len(reference):,} reference rows with v{served.version}")
     # the model's output as the prediction log keeps it: a score or value, or the top class's index
     out = rm.scores(registry.load(served), reference[features], served.tags.get("keel.task", "binary"))
     reference[PREDICTION] = out.argmax(axis=1).astype("float64") if out.ndim == 2 else out
+    say(f"Evidently: {len(reference):,} reference vs {len(current):,} served rows, {len(features) + 1} columns")
     cols, snapshot = evidently_drift(reference, current, [*features, PREDICTION])
     feats = [c for c in cols if c.column != PREDICTION]
     pred = next((c for c in cols if c.column == PREDICTION), None)
@@ -317,8 +323,10 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     out.mkdir(parents=True, exist_ok=True)
     record = out / f"{end:%Y%m%dT%H%M%S}.json"
     record.write_text(result.to_json())
+    say("logging the report to MLflow")
     result.run_id = _log_to_mlflow(registry, result, snapshot)
     if push:
+        say("pushing drift gauges to the Pushgateway")
         _push(settings, result, interval_s)
         result.pushed = True
     record.write_text(result.to_json())

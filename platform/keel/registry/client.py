@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,8 +63,9 @@ class GateResult:
 
 
 class Registry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.progress = progress or (lambda msg: None)  # a line per step of long work (uploads)
         self.audit = AuditLog(settings.audit_log)
         self._client: MlflowClient | None = None
 
@@ -175,6 +177,7 @@ class Registry:
                                                           else m.DEFAULT_METRIC[task]))
         m.metric(metric_name, task)  # a metric that does not fit the task is refused before any upload
         classes = m.classes_of(model)
+        self.progress(f"scoring the holdout ({len(holdout):,} rows) for {metric_name}")
         output = m.scores(model, holdout[feats], task)
         score = m.metric(metric_name, task)(holdout[label].to_numpy(), output, classes)
         holdout_hash = _holdout_hash(holdout[[*feats, label]])
@@ -208,9 +211,13 @@ class Registry:
                                      *getattr(training_set, "request_fields", [])]
                          if c in holdout.columns and c not in feats and c != label]
                 holdout[[*extra, *feats, label]].to_parquet(Path(tmp) / HOLDOUT_ARTIFACT, index=False)
+                size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+                self.progress(f"uploading statistics and holdout to MLflow ({size / 1e6:.1f} MB)")
                 mlflow.log_artifact(str(Path(tmp) / STATS_ARTIFACT))
                 mlflow.log_artifact(str(Path(tmp) / HOLDOUT_ARTIFACT))
+            self.progress(f"uploading the model ({flavors.flavor_of(model)} flavor) and registering '{name}'")
             info = flavors.log_model(model, name, signature, sample)
+        self.progress(f"tagging v{info.registered_model_version} and aliasing it {CHALLENGER}")
         version = str(info.registered_model_version)
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)

@@ -51,6 +51,7 @@ def lineage_tags(ts: Any) -> dict[str, str]:
         f"{TAG}created_filter": "on" if getattr(ts, "created_filter", True)
         else f"off: {getattr(ts, 'created_filter_reason', '')}",
         f"{TAG}label": ts.label or "",
+        f"{TAG}unservable_features": ",".join(f"{f}:{t}" for f, t in getattr(ts, "unservable", {}).items()),
         f"{TAG}git_sha": git_sha(),
         f"{TAG}keel_version": keel.__version__,
     }

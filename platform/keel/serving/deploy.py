@@ -62,7 +62,7 @@ class LocalTarget(DeployTarget):
             if other:
                 check_deployable(self.settings, spec.model, other, None, spec.feature_service)
         if plan.feature_service and spec.feature_service:
-            _check_feature_service(self.settings, plan.feature_service, plan.features)
+            _check_feature_service(self.settings, plan.feature_service, plan.features, spec.model, version)
         for w in plan.warnings:
             logging.getLogger("keel.serving").warning(w)
         for name, existing in self.specs().items():
@@ -118,10 +118,12 @@ def free_port(settings: Settings, target: LocalTarget, model: str) -> int:
     return next(p for p in range(settings.serving_port, settings.serving_port + 100) if p not in taken)
 
 
-def _check_feature_service(settings: Settings, name: str, features: list[str]) -> None:
+def _check_feature_service(settings: Settings, name: str, features: list[str], model: str, version: str) -> None:
     """--feature-service for a model registered without keel: the service must exist and serve every
-    input the model's signature names."""
+    input the model's signature names, each of a type keel serves."""
     from keel.features.store import feature_service, open_store, service_views
+    from keel.features.training import SERVABLE_TYPES
+    from keel.serving.plan import refuse_unservable
 
     store = open_store(settings)
     svc = feature_service(store, name)
@@ -132,6 +134,9 @@ def _check_feature_service(settings: Settings, name: str, features: list[str]) -
     if missing:
         raise KeelError(f"feature service '{name}' does not serve the model's input(s) {', '.join(missing)}; "
                         f"it serves: {', '.join(sorted(served))}")
+    odd = [f"{f.name}:{f.dtype}" for p in svc.feature_view_projections for f in p.features
+           if f.name in features and str(f.dtype) not in SERVABLE_TYPES]
+    refuse_unservable(model, version, ",".join(odd), name)
 
 
 def target(settings: Settings, name: str) -> DeployTarget:

@@ -104,6 +104,7 @@ def build_plan(name: str, version: str, tags: dict[str, str], mlmodel_text: str 
     flavor = tags.get("keel.flavor") or next((f for f in NATIVE if f in (mlmodel.get("flavors") or {})), "pyfunc")
     warnings = check_requirements(requirements, name, version)
     task = tags.get("keel.task") or ("binary" if keel_made else None)
+    refuse_unservable(name, version, tags.get("keel.unservable_features", ""), tags.get("keel.feature_service"))
     if keel_made and not feature_service:
         return ServePlan(True, tags["keel.feature_service"], tags["keel.features"].split(","), {}, task, flavor,
                          warnings)
@@ -123,6 +124,18 @@ def build_plan(name: str, version: str, tags: dict[str, str], mlmodel_text: str 
     if inputs is None:
         raise ServeRefusedError(f"model '{name}' v{version} cannot be served: its MLmodel file is unreadable")
     return ServePlan(False, None, list(inputs), inputs, task, flavor, warnings)
+
+
+def refuse_unservable(name: str, version: str, recorded: str, service: str | None) -> None:
+    """A model that takes Map, Struct, Json or array features (recorded at registration as
+    ``feature:Type,...``) is refused: keel's servers look up, validate and default scalar features only."""
+    pairs = [p.rsplit(":", 1) for p in recorded.split(",") if ":" in p]
+    if pairs:
+        listed = ", ".join(f"'{f}' ({t})" for f, t in pairs)
+        raise ServeRefusedError(
+            f"model '{name}' v{version} cannot be served by keel: it takes non-scalar feature(s) {listed}; keel "
+            "serves Int32/Int64/Float32/Float64/Bool/String/Bytes/UnixTimestamp features. Flatten them into "
+            f"scalar features (or drop them) in feature service '{service or '?'}' and retrain")
 
 
 def plan_for(registry: Any, v: Any, feature_service: str | None = None) -> ServePlan:

@@ -59,15 +59,30 @@ class ViewLayout:
 def redis_client(store: FeatureStore) -> redis.Redis:
     """Feast's own redis-py client for the store, so keel uses the same connection settings (and, for a
     store opened with ``open_store(serving=True)``, the same timeouts and no retries)."""
-    import redis as redis_py
-
-    cfg = store.config.online_store
-    kind = getattr(cfg, "redis_type", "redis")
-    if cfg.type != "redis" or getattr(kind, "value", kind) != "redis":
-        raise Unsupported("online store is not a single Redis (cluster and sentinel use Feast's path)")
     from keel.compat.feast import online_client
 
-    client = online_client(store)
+    check_single_redis(store.config)
+    return _checked_client(online_client(store))
+
+
+def store_client(online_store: object, config: RepoConfig) -> redis.Redis:
+    """The same, from Feast's online store object and its repo config (what a batch engine holds)."""
+    from keel.compat.feast import store_client as client_of
+
+    check_single_redis(config)
+    return _checked_client(client_of(online_store, config))
+
+
+def check_single_redis(config: RepoConfig) -> None:
+    cfg = config.online_store
+    kind = getattr(cfg, "redis_type", "redis")
+    if getattr(cfg, "type", None) != "redis" or getattr(kind, "value", kind) != "redis":
+        raise Unsupported("online store is not a single Redis (cluster and sentinel use Feast's path)")
+
+
+def _checked_client(client: object) -> redis.Redis:
+    import redis as redis_py
+
     if not isinstance(client, redis_py.Redis):
         raise Unsupported("online store client is not redis.Redis")
     return client

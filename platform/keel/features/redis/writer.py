@@ -3,7 +3,7 @@ into Redis, the interval recorded in Feast's registry."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from keel.features.redis.layout import ViewLayout, field_name, redis_client, ts_
 if TYPE_CHECKING:
     import redis
     from feast import FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
 
 _CHUNK_ROWS = 4096  # entities per pipeline round trip: big enough to amortize it, small enough to bound memory
 
@@ -159,7 +160,8 @@ def write_frame(client: redis.Redis, layout: ViewLayout, frame: Any, *, latest_o
     return stats
 
 
-def _write_batches(client: redis.Redis, layout: ViewLayout, batches: Iterator[pa.RecordBatch]) -> WriteStats:
+def _write_batches(client: redis.Redis, layout: ViewLayout, batches: Iterator[pa.RecordBatch],
+                   progress: Callable[[int], None] | None = None) -> WriteStats:
     stats = WriteStats()
     pipe = _Pipe(client)
     ok = False
@@ -168,6 +170,8 @@ def _write_batches(client: redis.Redis, layout: ViewLayout, batches: Iterator[pa
             stats.rows += batch.num_rows
             if batch.num_rows:
                 _write_chunk(pipe, layout, batch, stats)
+                if progress is not None:
+                    progress(batch.num_rows)
         ok = True
     finally:
         pipe.close(ok)
@@ -259,8 +263,10 @@ def _latest(table: pa.Table, join_keys: list[str], ts: str, created: str | None)
 
 # -- materialization -------------------------------------------------------------------------------
 
-def source_path(fv: FeatureView) -> Path:
-    """The local parquet file behind a view, or Unsupported (Feast materializes anything else)."""
+def source_path(fv: FeatureView, root: str | Path | None = None) -> Path:
+    """The local parquet file behind a view, or Unsupported (Feast materializes anything else). A relative
+    path is the repo's (``root``, Feast's ``repo_path``), else the working directory's: keel runs Feast
+    work from the repo directory (features.store.in_repo)."""
     from feast import FileSource
     from feast.data_format import ParquetFormat
 
@@ -269,9 +275,10 @@ def source_path(fv: FeatureView) -> Path:
         raise Unsupported(f"view '{fv.name}': source is not a file source")
     if src.file_format is not None and not isinstance(src.file_format, ParquetFormat):
         raise Unsupported(f"view '{fv.name}': source is not parquet")
-    # a relative path is the repo's: keel runs Feast work from the repo directory (features.store.in_repo)
-    path = Path(src.path.removeprefix("file://")).resolve()
-    if "://" in src.path.removeprefix("file://") or not path.is_file():
+    raw = src.path.removeprefix("file://")
+    path = Path(raw) if root is None or Path(raw).is_absolute() else Path(root) / raw
+    path = path.resolve()
+    if "://" in raw or not path.is_file():
         raise Unsupported(f"view '{fv.name}': source {src.path} is not a local parquet file")
     for attr in ("aggregations", "feature_transformation", "filter"):
         if getattr(fv, attr, None):
@@ -283,28 +290,48 @@ def source_path(fv: FeatureView) -> Path:
 
 def check_supported(store: FeatureStore, fv: FeatureView) -> ViewLayout:
     """The view's layout when keel can materialize it itself; Unsupported says why not."""
-    source_path(fv)
     redis_client(store)
-    for svc in store.list_feature_services():
+    return check_view(store.config, store.list_feature_services(), fv)
+
+
+def check_view(config: RepoConfig, services: Iterable[Any], fv: FeatureView) -> ViewLayout:
+    """As ``check_supported``, from a repo config and the project's feature services (what a Feast
+    batch engine is handed)."""
+    source_path(fv, getattr(config, "repo_path", None))
+    for svc in services:
         if getattr(svc, "precompute_online", False) and any(p.name == fv.name for p in svc.feature_view_projections):
             raise Unsupported(f"feature service '{svc.name}' precomputes vectors from '{fv.name}'")
-    return ViewLayout.of(fv, store.config)
+    return ViewLayout.of(fv, config)
 
 
 def materialize_view(store: FeatureStore, fv: FeatureView, start: datetime, end: datetime,
-                     client: redis.Redis | None = None, record: bool = True) -> WriteStats:
+                     client: redis.Redis | None = None, record: bool = True,
+                     progress: Callable[[int], Any] | None = None) -> WriteStats:
     """Load the latest row per entity with event time in [start, end) from the view's parquet source
     into Redis, as ``FeatureStore.materialize`` would, then record the interval in the registry (which
     incremental materialization resumes from). Raises Unsupported for views Feast must handle.
 
-    The latest row is chosen in DuckDB by event time, then created time (nulls last), as Feast's
-    materialization does; Feast's window includes ``end`` itself, keel's stops before it, so
-    consecutive incremental windows never load the same row twice.
+    Feast's window includes ``end`` itself, keel's stops before it, so consecutive incremental windows
+    never load the same row twice. ``progress`` builds a progress bar from a row total, as Feast's
+    ``tqdm_builder`` does (anything with ``update(n)`` and ``close()``).
     """
+    layout = check_supported(store, fv)
+    stats = load_view(layout, fv, start, end, client or redis_client(store),
+                      root=store.config.repo_path, progress=progress)
+    if record:
+        store.registry.apply_materialization(fv, store.project, _utc(start), _utc(end))
+    return stats
+
+
+def load_view(layout: ViewLayout, fv: FeatureView, start: datetime, end: datetime, client: redis.Redis, *,
+              root: str | Path | None = None, end_inclusive: bool = False,
+              progress: Callable[[int], Any] | None = None) -> WriteStats:
+    """The write itself: the latest row per entity, chosen in DuckDB by event time, then created time
+    (nulls last), as Feast's materialization does, streamed to Redis in chunks. ``end_inclusive`` gives
+    Feast's window (what the batch engine plug-in is asked for)."""
     import duckdb
 
-    layout = check_supported(store, fv)
-    path = source_path(fv)
+    path = source_path(fv, root)
     src = fv.batch_source
     reverse = {v: k for k, v in (src.field_mapping or {}).items()}
 
@@ -316,19 +343,23 @@ def materialize_view(store: FeatureStore, fv: FeatureView, start: datetime, end:
     names = [k for k, _ in layout.join_keys] + [f for f, _ in layout.features] + [ts]
     order = f'"{ts_src}" DESC' + (f', "{created_src}" DESC NULLS LAST' if created_src else "")
     partition = ", ".join(f'"{reverse.get(k, k)}"' for k, _ in layout.join_keys)
-    query = (f"SELECT {', '.join(col(c) for c in names)} FROM read_parquet(?) "
-             f'WHERE "{ts_src}" >= ? AND "{ts_src}" < ? '
+    window = f'"{ts_src}" >= ? AND "{ts_src}" {"<=" if end_inclusive else "<"} ?'
+    params = [str(path), _utc(start), _utc(end)]
+    query = (f"SELECT {', '.join(col(c) for c in names)} FROM read_parquet(?) WHERE {window} "
              f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {order}) = 1")
-    con = duckdb.connect()
+    bar, con = None, duckdb.connect()
     try:
         con.execute("SET TimeZone='UTC'")
-        reader = con.sql(query, params=[str(path), _utc(start), _utc(end)]).to_arrow_reader(_CHUNK_ROWS)
-        stats = _write_batches(client or redis_client(store), layout, iter(reader))
+        if progress is not None:  # the total first (one row per entity), so the bar can show it
+            total = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {partition} FROM read_parquet(?) "
+                                f"WHERE {window})", params).fetchall()  # all: the connection is reused
+            bar = progress(int(total[0][0]))
+        reader = con.sql(query, params=params).to_arrow_reader(_CHUNK_ROWS)
+        return _write_batches(client, layout, iter(reader), bar.update if bar is not None else None)
     finally:
         con.close()
-    if record:
-        store.registry.apply_materialization(fv, store.project, _utc(start), _utc(end))
-    return stats
+        if bar is not None:
+            bar.close()
 
 
 def _utc(t: datetime) -> datetime:
