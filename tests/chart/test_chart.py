@@ -264,7 +264,7 @@ def test_pod_disruption_budgets_cover_replicated_services(tmp_path: Path) -> Non
     pdbs = {d["metadata"]["name"]: d["spec"] for d in profile(tmp_path, "production-ha")
             if d["kind"] == "PodDisruptionBudget"}
     assert set(pdbs) == {"keel-mlflow", "keel-feast", "keel-fraud"}
-    assert pdbs["keel-fraud"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "fraud"}
+    assert pdbs["keel-fraud"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "keel-fraud"}
     assert not [d for d in profile(tmp_path, "minimal") if d["kind"] == "PodDisruptionBudget"]
 
 
@@ -281,7 +281,7 @@ def test_inference_service_carries_a_valid_serve_spec(tmp_path: Path) -> None:
     from keel.serving.spec import ServeSpec
 
     docs = profile(tmp_path, "production-ha")
-    isvc = one(docs, "InferenceService", "fraud")
+    isvc = one(docs, "InferenceService", "keel-fraud")
     pred = isvc["spec"]["predictor"]
     assert (pred["minReplicas"], pred["maxReplicas"], pred["priorityClassName"]) == (2, 10, "keel-serving")
     spec = ServeSpec.from_json(pred["containers"][0]["args"][-1])
@@ -289,8 +289,8 @@ def test_inference_service_carries_a_valid_serve_spec(tmp_path: Path) -> None:
     assert (spec.canary_alias, spec.canary_weight) == ("challenger", 0.1)
     assert (spec.predlog_uri, spec.sample_rate) == ("s3://ml-artifacts/predictions", 0.2)
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
-    pinned = ServeSpec.from_json(one(docs, "InferenceService", "churn-score")["spec"]["predictor"]["containers"][0][
-        "args"][-1])
+    churn = one(docs, "InferenceService", "keel-churn-score")
+    pinned = ServeSpec.from_json(churn["spec"]["predictor"]["containers"][0]["args"][-1])
     assert pinned.version == "7"
     assert pred["imagePullSecrets"] == [{"name": "registry-credentials"}]
 
@@ -298,7 +298,7 @@ def test_inference_service_carries_a_valid_serve_spec(tmp_path: Path) -> None:
 def test_kserve_model_with_headroom_gets_a_keda_scaledobject(tmp_path: Path) -> None:
     docs = values(tmp_path, {"models": [{"name": "fraud", "minReplicas": 0, "maxReplicas": 3}]})
     so = one(docs, "ScaledObject")
-    assert so["spec"]["scaleTargetRef"]["name"] == "fraud-predictor"
+    assert so["spec"]["scaleTargetRef"]["name"] == "keel-fraud-predictor"
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 3)
     queries = jmespath.search("spec.triggers[].metadata.query", so)
     assert queries == ['sum(rate(keel_requests_total{namespace="ml",model="fraud"}[1m]))',
@@ -313,7 +313,7 @@ def test_ray_model_renders_a_rayservice_with_fractional_gpus(tmp_path: Path) -> 
     from keel.serving.ray_runtime import app_builder
     from keel.serving.spec import ServeSpec
 
-    rs = one(profile(tmp_path, "rayserve"), "RayService", "fraud")
+    rs = one(profile(tmp_path, "rayserve"), "RayService", "keel-fraud")
     serve = ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
     app = serve.applications[0]
     assert app_builder(app.args) is not None
@@ -326,7 +326,7 @@ def test_ray_model_renders_a_rayservice_with_fractional_gpus(tmp_path: Path) -> 
 
 def test_gpu_profile_sets_limits_placement_and_the_runtime_flag(tmp_path: Path) -> None:
     docs = profile(tmp_path, "gpu")
-    pred = one(docs, "InferenceService", "fraud-mlp")["spec"]["predictor"]
+    pred = one(docs, "InferenceService", "keel-fraud-mlp")["spec"]["predictor"]
     c = pred["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert pred["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -336,7 +336,7 @@ def test_gpu_profile_sets_limits_placement_and_the_runtime_flag(tmp_path: Path) 
 
 def test_llm_profile_uses_kserves_hugging_face_runtime(tmp_path: Path) -> None:
     docs = profile(tmp_path, "gpu")
-    model = one(docs, "InferenceService", "support-llm")["spec"]["predictor"]["model"]
+    model = one(docs, "InferenceService", "keel-support-llm")["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "huggingface"}
     assert model["storageUri"] == "hf://Qwen/Qwen2.5-0.5B-Instruct"
     assert "--backend=vllm" in model["args"] and "--max-model-len=4096" in model["args"]
@@ -347,7 +347,7 @@ def test_llm_profile_uses_kserves_hugging_face_runtime(tmp_path: Path) -> None:
 
 def test_every_serving_model_gets_a_drift_cronjob_reading_the_shared_log(tmp_path: Path) -> None:
     docs = profile(tmp_path, "production-ha")
-    job = one(docs, "CronJob", "fraud-drift")
+    job = one(docs, "CronJob", "keel-fraud-drift")
     assert job["spec"]["schedule"] == "*/30 * * * *"
     c = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["keel", "drift", "run", "fraud", "--window", "30m", "--predictions",
@@ -545,5 +545,5 @@ def test_chart_values_from_a_project_spec_serve_and_watch_each_model(tmp_path: P
     docs = render(tmp_path, "-f", str(path))
     isvcs = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "InferenceService")
     crons = [d["metadata"]["name"] for d in docs if d["kind"] == "CronJob"]
-    assert isvcs == ["delivery-speed", "delivery-time"]
-    assert sorted(crons) == ["delivery-speed-drift", "delivery-time-drift"]
+    assert isvcs == ["keel-delivery-speed", "keel-delivery-time"]
+    assert sorted(crons) == ["keel-delivery-speed-drift", "keel-delivery-time-drift"]

@@ -1,4 +1,42 @@
-{{- define "keel.fullname" -}}{{ printf "%s" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{/* Names, as bitnami-style charts have them: every object starts with the release's full name, so two
+     releases live side by side in one namespace. fullnameOverride replaces it; a release whose name
+     already contains the chart's name (nameOverride, default "keel") is used as it is. */}}
+{{- define "keel.name" -}}{{ default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- define "keel.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{ .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else -}}
+{{- $name := include "keel.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}
+{{ printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{/* One model's objects (InferenceService, RayService, drift CronJob, ScaledObject), release-prefixed;
+     call with (list $ model). A name Kubernetes would refuse fails here, naming the model. */}}
+{{- define "keel.modelObject" -}}
+{{- $name := printf "%s-%s" (include "keel.fullname" (index . 0)) ((index . 1).name | replace "_" "-") -}}
+{{- if gt (len $name) 47 -}}
+{{- fail (printf "models[%s]: object name %q is %d characters; at most 47 leave room for the suffixes KServe, KubeRay and CronJobs add. Shorten the release name, or set fullnameOverride" (index . 1).name $name (len $name)) -}}
+{{- end -}}
+{{ $name }}
+{{- end -}}
+{{/* A PriorityClass's name (cluster-scoped): the release's own, "<fullname>-<role>", unless the values
+     name one; call with (list $ "serving"|"experiments"). */}}
+{{- define "keel.priorityClass" -}}
+{{- $ := index . 0 -}}{{- $role := index . 1 -}}
+{{- (index $.Values.priorityClasses $role).name | default (printf "%s-%s" (include "keel.fullname" $) $role) -}}
+{{- end -}}
+{{/* A model's serving pods: its own priorityClassName, else the release's serving class when the release
+     creates its classes; call with (list $ model). */}}
+{{- define "keel.modelPriorityClass" -}}
+{{- $ := index . 0 -}}{{- $m := index . 1 -}}
+{{- if $m.priorityClassName -}}{{ $m.priorityClassName }}
+{{- else if $.Values.priorityClasses.create -}}{{ include "keel.priorityClass" (list $ "serving") }}
+{{- end -}}
+{{- end -}}
 {{- define "keel.tag" -}}{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 {{- define "keel.platformImage" -}}"{{ .Values.image.platform }}:{{ include "keel.tag" . }}"{{- end -}}
 {{- define "keel.servingImage" -}}"{{ .Values.image.serving }}:{{ include "keel.tag" . }}"{{- end -}}
