@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     feast_registry: SecretStr | None = Field(
         None, description="Feast registry: an SQLAlchemy URI (cluster: Postgres) or a file; default: file in home")
     release: str = Field("keel", description="Helm release name (cluster profile service names)")
+    fullname: str | None = Field(None, description="the release's object-name prefix (the chart's fullname); "
+                                 "default: the release name if it contains 'keel', else '<release>-keel'")
     namespace: str = Field("keel", description="Kubernetes namespace (cluster profile service names)")
     project: Path | None = Field(
         None, description="project spec (keel.yaml, or its directory); default: keel.yaml in the working "
@@ -108,8 +110,15 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     # -- derived locations -------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        """What the chart names this release's objects with (its ``keel.fullname`` helper)."""
+        if self.fullname:
+            return self.fullname
+        return self.release if "keel" in self.release else f"{self.release}-keel"
+
     def _svc(self, name: str, port: int) -> str:
-        return f"{self.release}-{name}.{self.namespace}.svc.cluster.local:{port}"
+        return f"{self.prefix}-{name}.{self.namespace}.svc.cluster.local:{port}"
 
     @property
     def tracking_uri(self) -> str:

@@ -175,15 +175,24 @@ def test_secrets_are_only_referenced(tmp_path: Path) -> None:
 
 # -- platform services ---------------------------------------------------------------------------------
 def test_service_names_match_the_cluster_profile(tmp_path: Path) -> None:
+    """For a release named like the chart and one that is not: the settings a pod derives from KEEL_RELEASE
+    (and the KEEL_FULLNAME the chart hands it) name the chart's Services."""
     from keel.config import load_settings
 
-    docs = render(tmp_path)
-    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-    s = load_settings(profile="cluster", release="keel", namespace="ml")
-    for name, url in (("keel-mlflow", s.tracking_uri), ("keel-redis", s.redis_connection),
-                      ("keel-pushgateway", s.pushgateway_url)):
-        port = services[name]["spec"]["ports"][0]["port"]
-        assert f"{name}.ml.svc.cluster.local:{port}" in url
+    for release, prefix in (("keel", "keel"), ("team-a", "team-a-keel")):
+        proc = helm("template", release, str(CHART), "--namespace", "ml", tmp=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        feast = one(docs, "Deployment", f"{prefix}-feast")
+        handed = env_of(feast["spec"]["template"]["spec"]["containers"][0])["KEEL_FULLNAME"]
+        assert handed == prefix
+        for s in (load_settings(profile="cluster", release=release, namespace="ml"),
+                  load_settings(profile="cluster", release=release, namespace="ml", fullname=handed)):
+            for name, url in ((f"{prefix}-mlflow", s.tracking_uri), (f"{prefix}-redis", s.redis_connection),
+                              (f"{prefix}-pushgateway", s.pushgateway_url)):
+                port = services[name]["spec"]["ports"][0]["port"]
+                assert f"{name}.ml.svc.cluster.local:{port}" in url
 
 
 def test_mlflow_requires_login_with_credentials_from_a_secret(tmp_path: Path) -> None:

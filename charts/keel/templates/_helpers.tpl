@@ -102,6 +102,7 @@ valueFrom:
 {{- define "keel.env" -}}
 - {name: KEEL_PROFILE, value: cluster}
 - {name: KEEL_RELEASE, value: {{ .Release.Name }}}
+- {name: KEEL_FULLNAME, value: {{ include "keel.fullname" . }}}
 - {name: KEEL_NAMESPACE, value: {{ .Release.Namespace }}}
 {{- if .Values.redis.enabled }}
 - {name: KEEL_REDIS_ADDRESS, value: "{{ include "keel.svc" (list . "redis") }}:{{ .Values.redis.port }}"}
