@@ -12,6 +12,8 @@ import pytest
 
 from keel.config import Settings, load_settings
 
+pytest_plugins = ["tests.kubeapi"]  # the real API server (kcp) fixtures: kubeconfig, namespace
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAUD = ROOT / "examples" / "fraud"  # the example project most integration tests run on
 KEEL = str(Path(sys.executable).parent / "keel")

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from tests.chart.test_chart import CHART, HELM, PROFILES
-from tests.cluster.conftest import api
 from tests.conftest import ROOT
+from tests.kubeapi import api
 
 KUBECTL = shutil.which("kubectl") or str(ROOT / ".keel" / "bin" / "kubectl")
 

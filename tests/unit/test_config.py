@@ -18,10 +18,12 @@ def test_local_profile_binds_everything_to_loopback(monkeypatch: pytest.MonkeyPa
 
 
 def test_cluster_profile_uses_in_cluster_service_names() -> None:
-    s = load_settings(profile="cluster", release="prod", namespace="ml")
-    assert s.tracking_uri == "http://prod-mlflow.ml.svc.cluster.local:5000"
-    assert s.redis_connection == "prod-redis.ml.svc.cluster.local:6379"
-    assert s.pushgateway_url == "http://prod-pushgateway.ml.svc.cluster.local:9091"
+    s = load_settings(profile="cluster", release="prod", namespace="ml")  # the chart's fullname: prod-keel
+    assert s.tracking_uri == "http://prod-keel-mlflow.ml.svc.cluster.local:5000"
+    assert s.redis_connection == "prod-keel-redis.ml.svc.cluster.local:6379"
+    assert s.pushgateway_url == "http://prod-keel-pushgateway.ml.svc.cluster.local:9091"
+    assert load_settings(profile="cluster", release="keel-prod").tracking_uri.startswith("http://keel-prod-mlflow.")
+    assert load_settings(profile="cluster", release="prod", fullname="ml").tracking_uri.startswith("http://ml-mlflow.")
 
 
 def test_explicit_uris_win_and_password_is_secret() -> None:

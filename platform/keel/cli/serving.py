@@ -33,14 +33,17 @@ from keel.output import render
               help="cluster targets: the release's Helm values files")
 @click.option("--priority-class", default=None, help="cluster targets: PriorityClass of the serving pods")
 @click.option("--dry-run", is_flag=True, help="cluster targets: print the objects as YAML, apply nothing")
+@click.option("--no-wait", is_flag=True, help="cluster targets: do not wait for the operator to report Ready")
 @click.pass_context
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str | None,
            feature_service: str | None, port: int | None, canary: str | None, shadow: str | None, gpu: bool,
            num_gpus: float, sample_rate: float | None, max_batch: int | None, min_replicas: int, max_replicas: int,
-           values_files: tuple[Path, ...], priority_class: str | None, dry_run: bool) -> None:
+           values_files: tuple[Path, ...], priority_class: str | None, dry_run: bool, no_wait: bool) -> None:
     """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation.
 
-    --target kserve|rayserve renders the Helm chart's objects for MODEL and applies them with kubectl."""
+    --target kserve|rayserve renders the Helm chart's objects for MODEL, pins the version, applies them
+    server-side through the Kubernetes API (KUBECONFIG; KEEL_RELEASE, KEEL_NAMESPACE) and waits until
+    the operator reports the InferenceService or RayService Ready (KEEL_START_TIMEOUT)."""
     from keel.serving import deploy as d
     from keel.serving.spec import ServeSpec
 
@@ -53,8 +56,13 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
                          canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
                          gpu=gpu or num_gpus > 0, num_gpus=num_gpus, min_replicas=min_replicas,
                          max_replicas=max_replicas)
-        docs = cluster.render(s, spec, target, values_files, priority_class)
-        click.echo(cluster.to_yaml(docs) if dry_run else cluster.apply(s, docs), nl=False)
+        if dry_run:
+            click.echo(cluster.to_yaml(cluster.render(s, spec, target, values_files, priority_class)), nl=False)
+            return
+        from keel.serving.kube import ClusterTarget
+
+        out = ClusterTarget(s, target, values_files, priority_class).deploy(spec, wait=not no_wait)
+        click.echo(f"serving {out.model} v{out.version} on {out.url}" + ("" if no_wait else " (Ready)"))
         return
     if dry_run or values_files:
         raise KeelError("--dry-run and --values apply to the cluster targets (kserve, rayserve)")
@@ -71,7 +79,7 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
 
 @cli.command()
 @click.argument("model")
-@click.option("--target", default="local", show_default=True)
+@click.option("--target", default="local", show_default=True, help="local | kserve | rayserve")
 @click.pass_context
 def undeploy(ctx: click.Context, model: str, target: str) -> None:
     """Stop serving MODEL (its prediction log is flushed first)."""

@@ -34,10 +34,19 @@ def down(ctx: click.Context, services: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option("--target", type=click.Choice(["local", "kserve", "rayserve"]), default="local", show_default=True,
+              help="kserve|rayserve: the release's models on the cluster (KUBECONFIG, KEEL_RELEASE, KEEL_NAMESPACE)")
 @OUTPUT
 @click.pass_context
-def status(ctx: click.Context, fmt: str) -> None:
-    """Each local service's URL, pid and health."""
+def status(ctx: click.Context, target: str, fmt: str) -> None:
+    """Each local service's URL, pid and health; or each model the release serves on a cluster target."""
+    if target != "local":
+        from keel.serving.kube import ClusterTarget
+
+        rows = [{"kind": s.kind, "name": s.name, "version": s.version, "ready": s.ready, "reason": s.reason}
+                for s in ClusterTarget(settings_of(ctx), target).status()]
+        click.echo(render(rows, fmt))
+        return
     from keel.stack import Stack
 
     click.echo(render([_status_row(s) for s in Stack(settings_of(ctx)).status()], fmt))

@@ -77,14 +77,3 @@ def render(settings: Settings, spec: Any, target: str, values_files: tuple[Path,
 
 def to_yaml(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
-
-
-def apply(settings: Settings, docs: list[dict[str, Any]]) -> str:
-    """Server-side apply with kubectl against the current kube context."""
-    kubectl = shutil.which("kubectl") or str(PROJECT_ROOT / ".keel" / "bin" / "kubectl")
-    proc = subprocess.run([kubectl, "apply", "--server-side", "--field-manager=keel", "-n", settings.namespace,
-                           "-f", "-"], input=to_yaml(docs), capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise KeelError(f"kubectl apply failed: {lines[-1] if lines else proc.returncode}")
-    return proc.stdout

@@ -1,8 +1,8 @@
 """Deploy targets behind one small interface, selected by name (Feast-online-store style).
 
 ``local`` runs a serving process under the local stack's supervisor, so it joins `keel up/down/status`.
-The cluster targets (``kserve``, ``rayserve``) live in ``keel.serving.cluster``: they render the Helm
-chart's own templates.
+The cluster targets (``kserve``, ``rayserve``) live in ``keel.serving.kube``: the Helm chart's own
+templates (``keel.serving.cluster``), applied through the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ def target(settings: Settings, name: str) -> DeployTarget:
     if name == "local":
         return LocalTarget(settings)
     if name in ("kserve", "rayserve"):
-        raise KeelError(f"target '{name}' deploys with `keel deploy --target {name}`; undeploy it with "
-                        f"`helm`/`kubectl delete` (the objects carry the label keel.dev/model)")
+        from keel.serving.kube import ClusterTarget
+
+        return ClusterTarget(settings, name)
     raise NotFoundError("deploy target", name, [*TARGETS, "kserve", "rayserve"])
 
 

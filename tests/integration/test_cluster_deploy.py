@@ -1,0 +1,152 @@
+"""`keel deploy/status/undeploy --target kserve|rayserve` through the Kubernetes API of a real API server
+(kcp): server-side apply with keel's field manager, the version pinned from the registry alias, a wait on
+the Ready condition. There is no operator: where KServe or KubeRay would report readiness, the test writes
+that status through the status subresource (``operator_reports``), and says so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.config import Settings
+from tests.conftest import KEEL, keel_env, run_keel
+from tests.kubeapi import api
+
+KINDS = {"kserve": ("serving.kserve.io/v1beta1", "InferenceService"), "rayserve": ("ray.io/v1", "RayService")}
+
+
+@pytest.fixture(scope="module")
+def plain_model(stack, stack_settings: Settings) -> str:
+    """A model registered without keel (raw-feature mode), versions 1 and 2, champion on 1."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"age": rng.uniform(18, 80, 200), "income": rng.uniform(1, 9, 200)})
+    clf = LogisticRegression().fit(X, (X.age > 40).astype(int))
+    mlflow.set_tracking_uri(stack_settings.tracking_uri)
+    for _ in range(2):
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(clf, name="model", registered_model_name="cluster_lr",
+                                     signature=mlflow.models.infer_signature(X, clf.predict(X)))
+    mlflow.MlflowClient().set_registered_model_alias("cluster_lr", "champion", "1")
+    return "cluster_lr"
+
+
+def env(settings: Settings, kubeconfig: Path, namespace: str, timeout: float = 60) -> dict[str, str]:
+    return {"KUBECONFIG": str(kubeconfig), "KEEL_RELEASE": "keel", "KEEL_NAMESPACE": namespace,
+            "KEEL_START_TIMEOUT": str(timeout)}
+
+
+def dynamic(kubeconfig: Path) -> Any:
+    from kubernetes.dynamic import DynamicClient
+
+    return DynamicClient(api(kubeconfig))
+
+
+def get(kubeconfig: Path, target: str, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    d = dynamic(kubeconfig)
+    try:
+        return d.get(d.resources.get(api_version=KINDS[target][0], kind=KINDS[target][1]), name=name,
+                     namespace=namespace).to_dict()
+    except NotFoundError:
+        return None
+
+
+def operator_reports(kubeconfig: Path, target: str, namespace: str, name: str, ready: bool,
+                     message: str = "") -> None:
+    """What KServe/KubeRay would do: write the Ready condition for the object's current generation."""
+    d = dynamic(kubeconfig)
+    res = d.resources.get(api_version=KINDS[target][0], kind=KINDS[target][1])
+    gen = d.get(res, name=name, namespace=namespace).metadata.generation
+    cond = {"type": "Ready", "status": "True" if ready else "False", "message": message,
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if target == "rayserve":
+        cond["reason"] = "Ready" if ready else "NotReady"
+    d.patch(res.subresources["status"], name=name, namespace=namespace,
+            body={"status": {"observedGeneration": gen, "conditions": [cond]}},
+            content_type="application/merge-patch+json")
+
+
+def deploy_while_operator_reports(settings: Settings, kubeconfig: Path, namespace: str, target: str,
+                                  model: str, name: str, generation_after: int) -> subprocess.CompletedProcess[str]:
+    """Run `keel deploy` (it waits for Ready); once the API server holds the new generation, report Ready."""
+    proc = subprocess.Popen([KEEL, "deploy", model, "--target", target],
+                            env=keel_env(settings, **env(settings, kubeconfig, namespace)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            obj = get(kubeconfig, target, namespace, name)
+            if obj is not None and obj["metadata"]["generation"] >= generation_after:
+                operator_reports(kubeconfig, target, namespace, name, ready=True)
+                break
+            time.sleep(0.2)  # waiting on keel's apply, which follows the registry lookup
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_deploy_pins_applies_waits_for_ready_and_undeploys(plain_model: str, stack_settings: Settings,
+                                                           kubeconfig: Path, namespace: str) -> None:
+    from mlflow import MlflowClient
+
+    s, name, target = stack_settings, "keel-cluster-lr", "kserve"
+    done = deploy_while_operator_reports(s, kubeconfig, namespace, target, plain_model, name, 1)
+    assert done.returncode == 0, done.stderr
+    assert f"serving cluster_lr v1 on {target}://{namespace}/{name} (Ready)" in done.stdout
+    obj = get(kubeconfig, target, namespace, name)
+    assert obj is not None
+    assert {m["manager"] for m in obj["metadata"]["managedFields"]} >= {"keel"}
+    rows = json.loads(run_keel(["status", "--target", target, "-o", "json"], s,
+                               **env(s, kubeconfig, namespace)).stdout)
+    assert [(r["name"], r["version"], r["ready"]) for r in rows] == [(name, "1", True)]
+
+    # the alias moves: a new deploy pins v2 (a new generation) and waits until the operator has seen it
+    MlflowClient(s.tracking_uri).set_registered_model_alias("cluster_lr", "champion", "2")
+    done = deploy_while_operator_reports(s, kubeconfig, namespace, target, plain_model, name, 2)
+    assert done.returncode == 0 and "v2" in done.stdout, done.stderr
+    rows = json.loads(run_keel(["status", "--target", target, "-o", "json"], s,
+                               **env(s, kubeconfig, namespace)).stdout)
+    assert [(r["version"], r["ready"]) for r in rows] == [("2", True)]
+
+    # an operator that reports failure: the deploy ends at the timeout with its message, one line, not a hang
+    operator_reports(kubeconfig, target, namespace, name, ready=False, message="predictor CrashLoopBackOff")
+    t0 = time.monotonic()
+    stuck = run_keel(["deploy", plain_model, "--target", target], s, **env(s, kubeconfig, namespace, timeout=3))
+    assert stuck.returncode != 0 and len(stuck.stderr.strip().splitlines()) == 1, stuck.stderr
+    assert "not Ready after 3 s: predictor CrashLoopBackOff" in stuck.stderr
+    assert time.monotonic() - t0 < 30
+
+    assert run_keel(["undeploy", plain_model, "--target", target], s, **env(s, kubeconfig, namespace)).returncode == 0
+    assert get(kubeconfig, target, namespace, name) is None
+    again = run_keel(["undeploy", plain_model, "--target", target], s, **env(s, kubeconfig, namespace))
+    assert again.returncode == 2 and "is not deployed" in again.stderr, again.stderr
+    MlflowClient(s.tracking_uri).set_registered_model_alias("cluster_lr", "champion", "1")
+
+
+def test_rayserve_target_applies_a_rayservice_and_waits_for_ready(plain_model: str, stack_settings: Settings,
+                                                                  kubeconfig: Path, namespace: str) -> None:
+    s, name = stack_settings, "keel-cluster-lr"
+    done = deploy_while_operator_reports(s, kubeconfig, namespace, "rayserve", plain_model, name, 1)
+    assert done.returncode == 0 and f"on rayserve://{namespace}/{name} (Ready)" in done.stdout, done.stderr
+    obj = get(kubeconfig, "rayserve", namespace, name)
+    assert obj is not None and obj["kind"] == "RayService"
+    from keel.serving.kube import serve_spec_of
+
+    assert serve_spec_of(obj)["version"] == "1" and serve_spec_of(obj)["runtime"] == "ray"
+    assert run_keel(["undeploy", plain_model, "--target", "rayserve"], s,
+                    **env(s, kubeconfig, namespace)).returncode == 0
+    assert get(kubeconfig, "rayserve", namespace, name) is None
