@@ -1,4 +1,4 @@
-"""A real Kubernetes API server for the cluster-path tests: ``../shared/kcp`` (kube-apiserver + etcd on
+"""A real Kubernetes API server for the tests of the cluster path: ``../shared/kcp`` (kube-apiserver + etcd on
 loopback), one per session, with the upstream CRDs of ``../shared/crds`` applied and Established
 first, as envtest does for controller-runtime projects. Each test takes a namespace of its own."""
 
@@ -43,20 +43,24 @@ def api(config: Path) -> Any:
 
 
 def _apply_crds(config: Path) -> None:
+    import json
+
     from kubernetes import client
 
     ext = client.ApiextensionsV1Api(api(config))
     names = []
     for path in sorted(CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        ext.create_custom_resource_definition(crd)
+        crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # libyaml: the CRDs are megabytes
+        # raw responses: turning a multi-megabyte CRD schema into client model objects costs seconds each
+        ext.create_custom_resource_definition(crd, _preload_content=False)
         names.append(crd["metadata"]["name"])
     deadline = time.monotonic() + 60
     pending = set(names)
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
-            conds = ext.read_custom_resource_definition(name).status.conditions or []
-            if any(c.type == "Established" and c.status == "True" for c in conds):
+            raw = ext.read_custom_resource_definition_status(name, _preload_content=False)
+            conds = json.loads(raw.data).get("status", {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
                 pending.discard(name)
         if pending:
             time.sleep(0.2)  # the API server establishes each CRD within a second

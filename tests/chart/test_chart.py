@@ -80,7 +80,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for path in CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
+        crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # libyaml: the CRDs are megabytes
         for v in crd["spec"]["versions"]:
             if v.get("served"):
                 out[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = \
