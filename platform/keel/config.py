@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")
     feast_registry: SecretStr | None = Field(
         None, description="Feast registry: an SQLAlchemy URI (cluster: Postgres) or a file; default: file in home")
+    deploy_target: Literal["local", "kserve", "rayserve"] = Field(
+        "local", description="where retraining rollouts deploy: the local stack, or the release's "
+        "InferenceServices (kserve) or RayServices (rayserve) through the Kubernetes API")
+    serving_endpoint: str | None = Field(
+        None, description="base URL of a model's server for cluster smoke checks, '{name}' and '{namespace}' "
+        "filled in; default: the in-cluster Service KServe or KubeRay creates")
     release: str = Field("keel", description="Helm release name (cluster profile service names)")
     fullname: str | None = Field(None, description="the release's object-name prefix (the chart's fullname); "
                                  "default: the release name if it contains 'keel', else '<release>-keel'")

@@ -95,6 +95,8 @@ def rollout(settings: Settings, model: str, run_id: str, decision: dict[str, Any
     conf = validate_conf(conf, settings.spec().models.get(model))
     if not decision.get("promoted"):
         return {"outcome": "refused", "champion": decision.get("champion")}
+    if settings.deploy_target != "local":
+        return _rollout_cluster(settings, model, run_id, decision, conf)
     target = LocalTarget(settings)
     current = target.specs().get(model)
     if current is None:
@@ -117,6 +119,40 @@ def rollout(settings: Settings, model: str, run_id: str, decision: dict[str, Any
     first = predict_local(settings, model, probes[:1])
     return {"outcome": "promoted", "champion": new, "deployed": True, "first_prediction_version": first["version"],
             "first_prediction_at": time.time()}
+
+
+def _rollout_cluster(settings: Settings, model: str, run_id: str, decision: dict[str, Any],
+                     conf: dict[str, Any]) -> dict[str, Any]:
+    """The same rollout on the release's InferenceService or RayService (KEEL_DEPLOY_TARGET): each step
+    patches the live object's pinned version and canary share and waits until the operator reports it
+    Ready; the smoke check goes through the model's in-cluster endpoint."""
+    from keel.registry.client import Registry
+    from keel.serving.deploy import predict_at
+    from keel.serving.kube import ClusterTarget
+
+    target = ClusterTarget(settings, settings.deploy_target)
+    if target.current(model) is None:
+        return {"outcome": "promoted", "champion": decision["champion"], "deployed": False}
+    registry = Registry(settings)
+    new, old = decision["champion"], decision.get("previous")
+    if old and old != new and conf["canary_percent"] > 0:
+        target.pin(model, old, canary_alias="champion", canary_weight=conf["canary_percent"] / 100.0)
+    probes = _smoke_instances(registry, model, new, conf["smoke_requests"])
+    task = registry.version(model, new).tags.get("keel.task", "binary")
+    endpoint = target.endpoint(model)
+
+    def predict(_: Settings, name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        return predict_at(endpoint, name, instances, hint=f"is {target.name_of(model)} serving?")
+
+    ok, detail = _smoke(settings, model, probes, predict, task)
+    if not ok:
+        registry.rollback(model, reason=f"retrain {run_id}: smoke check failed ({detail})", actor="airflow")
+        if old:
+            target.pin(model, old)
+        return {"outcome": "rolled_back", "champion": old, "smoke": detail}
+    target.pin(model, new)
+    return {"outcome": "promoted", "champion": new, "deployed": True, "target": settings.deploy_target,
+            "object": target.name_of(model)}
 
 
 def _smoke_instances(registry: Any, model: str, version: str, n: int) -> list[dict[str, Any]]:

@@ -150,3 +150,86 @@ def test_rayserve_target_applies_a_rayservice_and_waits_for_ready(plain_model: s
     assert run_keel(["undeploy", plain_model, "--target", "rayserve"], s,
                     **env(s, kubeconfig, namespace)).returncode == 0
     assert get(kubeconfig, "rayserve", namespace, name) is None
+
+
+class Operator:
+    """KServe's part, in a thread: each time the API server holds a generation of the model's object the
+    operator has not reported, record the ServeSpec it would roll out and report it Ready."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str) -> None:
+        import threading
+
+        self.kubeconfig, self.namespace, self.name = kubeconfig, namespace, name
+        self.seen: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from keel.serving.kube import serve_spec_of
+
+        while not self.stop.is_set():
+            obj = get(self.kubeconfig, "kserve", self.namespace, self.name)
+            if obj is not None and (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
+                self.seen.append(serve_spec_of(obj) or {})
+                operator_reports(self.kubeconfig, "kserve", self.namespace, self.name, ready=True)
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> Operator:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def test_a_promotion_rolls_out_on_the_inference_service_canary_smoke_full(
+        training_set: Any, deployer: Any, stack_settings: Settings, kubeconfig: Path,
+        namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retraining DAG's rollout step with KEEL_DEPLOY_TARGET=kserve: the live InferenceService is patched
+    to the canary (previous version, new champion at 20%), smoke-checked through the model's endpoint (a
+    real local serving process stands in for the predictor pod), then patched to the new version alone;
+    a failing smoke check rolls the registry and the object back."""
+    from examples.fraud.fraud_model import train_fraud_model
+
+    from keel import retrain
+    from keel.registry.client import Registry
+    from keel.serving.kube import ClusterTarget
+    from keel.serving.spec import ServeSpec
+    from tests.conftest import free_ports
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    model = "fraud_cluster"
+    reg = Registry(stack_settings)
+    first = train_fraud_model(training_set)
+    v1 = reg.register(first.model, model, training_set, first.holdout, first.metrics).version
+    reg.promote(model)
+    second = train_fraud_model(training_set, n_estimators=40, max_depth=2, seed=1)
+    v2 = reg.register(second.model, model, training_set, second.holdout, second.metrics).version
+    port = free_ports(1)[0]
+    stand_in = deployer(model=model, alias="champion", port=port)  # the "predictor pod"
+    s = stack_settings.model_copy(update={"deploy_target": "kserve", "release": "keel", "namespace": namespace,
+                                          "serving_endpoint": stand_in, "start_timeout": 30.0})
+    target = ClusterTarget(s, "kserve")
+    name = target.name_of(model)
+    try:
+        with Operator(kubeconfig, namespace, name) as op:
+            target.deploy(ServeSpec(model=model, version=v1))  # v1 in production on the cluster
+            reg.promote(model, force=True, reason="test: the DAG's gate step")  # v2 is champion now
+            decision = {"promoted": True, "champion": v2, "previous": v1}
+            out = retrain.rollout(s, model, "run-1", decision, {"canary_percent": 20, "smoke_requests": 5})
+            assert out["outcome"] == "promoted" and out["champion"] == v2 and out["object"] == name, out
+            steps = [(x["version"], x.get("canary_alias"), x.get("canary_weight") or 0.0) for x in op.seen]
+            assert steps == [(v1, None, 0.0), (v1, "champion", 0.2), (v2, None, 0.0)], steps
+            assert target.current(model)["version"] == v2
+
+            # a smoke check that fails (the endpoint answers nothing): registry and object go back to v1
+            broken = s.model_copy(update={"serving_endpoint": f"http://127.0.0.1:{free_ports(1)[0]}"})
+            # (v2 is still the champion just promoted, v1 the previous one: the DAG's rollout step is re-run)
+            back = retrain.rollout(broken, model, "run-2", {"promoted": True, "champion": v2, "previous": v1},
+                                   {"canary_percent": 20, "smoke_requests": 5})
+            assert back["outcome"] == "rolled_back" and "is keel-" in back["smoke"], back
+            assert reg.resolve(model, "champion").version == v1
+            assert target.current(model)["version"] == v1 and op.seen[-1]["version"] == v1
+    finally:
+        target.undeploy(model)

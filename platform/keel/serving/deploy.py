@@ -172,7 +172,14 @@ def predict_local(settings: Settings, model: str, instances: list[dict[str, Any]
     specs = local.specs()
     if model not in specs:
         raise NotFoundError("deployment", model, specs)
-    url = f"http://{settings.host}:{specs[model].port}/v1/models/{model}:predict"
+    return predict_at(f"http://{settings.host}:{specs[model].port}", model, instances)
+
+
+def predict_at(base: str, model: str, instances: list[dict[str, Any]],
+               hint: str = "start it with `keel up`") -> dict[str, Any]:
+    """POST instances to a model server's V1 endpoint under ``base``; a 4xx is a KeelError carrying the
+    server's message, an unreachable server a ServiceUnavailableError."""
+    url = f"{base}/v1/models/{model}:predict"
     req = urllib.request.Request(url, data=json.dumps({"instances": instances}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
@@ -184,4 +191,4 @@ def predict_local(settings: Settings, model: str, instances: list[dict[str, Any]
             body = json.loads(body).get("error", body)
         raise KeelError(f"{model} answered {exc.code}: {body}") from None
     except (urllib.error.URLError, OSError):
-        raise ServiceUnavailableError(f"deployment '{model}'", url, "start it with `keel up`") from None
+        raise ServiceUnavailableError(f"deployment '{model}'", url, hint) from None

@@ -38,7 +38,8 @@ def api_client(settings: Settings) -> Any:
             from kubernetes import client
 
             return client.ApiClient()
-        return config.new_client_from_config()
+        # KUBECONFIG as it is now: the client library reads it once, at its import
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
     except config.ConfigException as exc:
         raise KeelError(f"no Kubernetes API to deploy to: {exc} (set KUBECONFIG, or run in a pod)") from None
 
@@ -158,6 +159,58 @@ class ClusterTarget(DeployTarget):
         return ObjectStatus(kind, meta["name"], ok, "" if ok else ready.get("message") or ready.get("reason") or "",
                             version)
 
+    # -- rollouts -----------------------------------------------------------------------------------
+    def name_of(self, model: str) -> str:
+        """The model's object, as the chart names it (``keel.modelObject``)."""
+        return f"{self.settings.prefix}-{model.replace('_', '-')}"
+
+    def current(self, model: str) -> dict[str, Any] | None:
+        """The ServeSpec the model's object runs now; None when the release does not serve it here."""
+        obj = self._get(self.name_of(model))
+        return serve_spec_of(obj) if obj is not None else None
+
+    def pin(self, model: str, version: str, canary_alias: str | None = None, canary_weight: float = 0.0,
+            wait: bool = True) -> None:
+        """Patch the model's live object to serve ``version`` (with ``canary_alias`` taking ``canary_weight``
+        of the traffic), keeping everything else the release set (resources, images, log URI), then wait
+        until the operator reports the new generation Ready. Needs only get and patch (the controller's
+        Role). A concurrent change makes the patch fail on its resourceVersion; it is re-read and retried."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = self.name_of(model)
+        res = self._resource(*SERVING_KINDS[self.target])
+        for _ in range(5):
+            obj = self._get(name)
+            if obj is None:
+                raise KeelError(f"model '{model}' is not deployed on {self.target} in namespace "
+                                f"{self.settings.namespace} ({SERVING_KINDS[self.target][1]} {name})")
+            spec = serve_spec_of(obj) or {}
+            spec.update(version=str(version), canary_alias=canary_alias, canary_weight=canary_weight if canary_alias
+                        else 0.0)
+            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "spec": _with_serve_spec(obj, spec)}
+            try:
+                self.dynamic.patch(res, name=name, namespace=self.settings.namespace, body=body,
+                                   content_type="application/merge-patch+json", field_manager=FIELD_MANAGER)
+                break
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise KeelError(f"the API server refused the patch of {name}: {_reason(exc)}") from None
+        else:
+            raise KeelError(f"{name} kept changing under keel's patch (5 conflicts); try again")
+        if wait:
+            self.wait_ready(name)
+
+    def endpoint(self, model: str) -> str:
+        """Where the model's server answers inside the cluster (smoke checks go through it)."""
+        name = self.name_of(model)
+        if self.settings.serving_endpoint:
+            return self.settings.serving_endpoint.format(name=name, namespace=self.settings.namespace,
+                                                         model=model).rstrip("/")
+        if self.target == "kserve":
+            return f"http://{name}-predictor.{self.settings.namespace}.svc.cluster.local"
+        return f"http://{name}-serve-svc.{self.settings.namespace}.svc.cluster.local:8000"
+
     # -- status / undeploy ------------------------------------------------------------------------
     def status(self) -> list[ObjectStatus]:
         """Every model this release serves on this target, with its readiness."""
@@ -204,6 +257,26 @@ def serve_spec_of(obj: dict[str, Any]) -> dict[str, Any] | None:
         if "--spec" in args[:-1]:
             return json.loads(args[args.index("--spec") + 1])
     return None
+
+
+def _with_serve_spec(obj: dict[str, Any], serve: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the object's spec with ``serve`` as its ServeSpec (where ``serve_spec_of`` reads it)."""
+    import copy
+    import json
+
+    import yaml
+
+    spec = copy.deepcopy(obj.get("spec") or {})
+    if obj.get("kind") == "RayService":
+        config = yaml.safe_load(spec.get("serveConfigV2") or "{}") or {}
+        config["applications"][0]["args"] = serve
+        spec["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
+        return spec
+    for c in spec["predictor"]["containers"]:
+        args = c.get("args") or []
+        if "--spec" in args[:-1]:
+            args[args.index("--spec") + 1] = json.dumps(serve)
+    return spec
 
 
 def _pinned_version(obj: dict[str, Any]) -> str | None:
