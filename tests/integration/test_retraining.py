@@ -154,11 +154,17 @@ def test_worse_challenger_is_refused_and_serving_is_unchanged(loop: Settings) ->
 def test_an_alert_during_an_airflow_outage_fires_once_airflow_is_back(loop: Settings) -> None:
     s = loop
     st = Stack(s)
-    st.stop("airflow")
+    # the earlier tests' triggers must be closed first: one the controller still sees running (it polls
+    # Airflow for the run's end, which it cannot do while Airflow is down) would make this alert a duplicate
     n = len(_triggers(s))
+    _wait("earlier triggers to finish", lambda: _finished(s, n) is not None, 120)
+    st.stop("airflow")
     _post_alert(s, "outage")
-    pending = _wait("the trigger to be queued and retried", lambda: [
-        t for t in _triggers(s)[n:] if t["state"] == "pending" and t["attempts"] >= 1], 60)
+    try:
+        pending = _wait("the trigger to be queued and retried", lambda: [
+            t for t in _triggers(s)[n:] if t["state"] == "pending" and t["attempts"] >= 1], 60)
+    except AssertionError as exc:  # say what the controller holds, not only that it timed out
+        raise AssertionError(f"{exc}; the controller's triggers for {MODEL}: {_triggers(s)}") from None
     assert "unreachable" in pending[0]["error"] or "HTTP" in pending[0]["error"]
     st.up(["airflow"])
     done = _wait("the kept trigger to run", lambda: _finished(s, n + 1), 480)
