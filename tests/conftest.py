@@ -21,13 +21,22 @@ PORT_FIELDS = ("mlflow_port", "redis_port", "prometheus_port", "pushgateway_port
                "controller_port", "airflow_port", "serving_port")
 
 
+_HANDED_OUT: set[int] = set()  # every port this test process has given to some stack
+
+
 def free_ports(n: int) -> list[int]:
+    """Ports free now and never handed out before in this test process. A stack that was given a port it
+    does not bind (no controller without retraining) must not see it go to another stack: its
+    Alertmanager would then post its alerts to the other stack's controller."""
     socks, ports = [], []
-    for _ in range(n):
+    while len(ports) < n:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         socks.append(s)
-        ports.append(s.getsockname()[1])
+        port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            ports.append(port)
     for s in socks:
         s.close()
     return ports
