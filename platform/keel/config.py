@@ -123,6 +123,12 @@ class Settings(BaseSettings):
             return self.fullname
         return self.release if "keel" in self.release else f"{self.release}-keel"
 
+    @property
+    def listen_host(self) -> str:
+        """Where keel's own servers listen: loopback locally (KEEL_HOST); every interface only in a pod,
+        where the Service and NetworkPolicies, not the bind address, decide who reaches them."""
+        return "0.0.0.0" if self.profile == "cluster" else self.host
+
     def _svc(self, name: str, port: int) -> str:
         return f"{self.prefix}-{name}.{self.namespace}.svc.cluster.local:{port}"
 

@@ -129,7 +129,7 @@ def features_serve(ctx: click.Context, host: str | None, port: int, workers: int
     from keel.features.store import open_store
 
     s = settings_of(ctx)
-    bind = host or ("0.0.0.0" if s.profile == "cluster" else s.host)  # all interfaces only in a pod
+    bind = host or s.listen_host
     open_store(s).serve(host=bind, port=port, workers=workers, metrics=False, no_access_log=True,
                         max_requests=0, registry_ttl_sec=60)
 

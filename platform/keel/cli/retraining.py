@@ -37,7 +37,7 @@ def controller(ctx: click.Context, host: str | None, port: int | None) -> None:
         return [m["name"] for m in Registry(s).models()]
 
     ctl = Controller(queue, airflow, AuditLog(s.audit_log), known_models=known)
-    bind = host or ("0.0.0.0" if s.profile == "cluster" else s.host)  # all interfaces only in a pod
+    bind = host or s.listen_host
     server = serve(ctl, bind, port or s.controller_port, s.token())
     click.echo(f"keel controller on http://{bind}:{server.server_port} (Airflow {s.airflow_api})")
     wait_forever(server, ctl)
