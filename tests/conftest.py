@@ -12,7 +12,7 @@ import pytest
 
 from keel.config import Settings, load_settings
 
-pytest_plugins = ["tests.kubeapi"]  # the real API server (kcp) fixtures: kubeconfig, namespace
+pytest_plugins = ["tests.kubeapi", "tests.pgdb"]  # the real API server (kcp) and a real Postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAUD = ROOT / "examples" / "fraud"  # the example project most integration tests run on

@@ -56,9 +56,16 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")
     feast_registry: SecretStr | None = Field(
         None, description="Feast registry: an SQLAlchemy URI (cluster: Postgres) or a file; default: file in home")
-    deploy_target: Literal["local", "kserve", "rayserve"] = Field(
-        "local", description="where retraining rollouts deploy: the local stack, or the release's "
-        "InferenceServices (kserve) or RayServices (rayserve) through the Kubernetes API")
+    deploy_target: Literal["local", "cluster", "kserve", "rayserve"] = Field(
+        "local", description="where retraining rollouts deploy: the local stack, or through the Kubernetes "
+        "API the release's InferenceServices (kserve), RayServices (rayserve), or each model's own runtime "
+        "from the spec (cluster)")
+    audit_db: SecretStr | None = Field(
+        None, description="SQLAlchemy URI of the database audit records go to (cluster: the platform's "
+        "Postgres); default: KEEL_HOME/audit.jsonl")
+    snapshot_uri: str | None = Field(
+        None, description="where training-set snapshots go: a directory or an fsspec URI shared by every "
+        "pod (a ReadWriteMany volume, s3://...); default: KEEL_HOME/training_sets")
     serving_endpoint: str | None = Field(
         None, description="base URL of a model's server for cluster smoke checks, '{name}' and '{namespace}' "
         "filled in; default: the in-cluster Service KServe or KubeRay creates")
@@ -233,6 +240,13 @@ class Settings(BaseSettings):
     @property
     def audit_log(self) -> Path:
         return self.home / "audit.jsonl"
+
+    def audit(self) -> Any:
+        """The audit log these settings name (keel.registry.audit): the database of KEEL_AUDIT_DB, shared
+        by every pod of a release, else the local JSONL file."""
+        from keel.registry.audit import open_audit
+
+        return open_audit(self)
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 from keel.config import Settings
 
@@ -89,7 +90,7 @@ def _retrain_loop(settings: Settings, model: str, alert_since: str, probe: list[
     except KeelError as exc:
         return [f"  retraining       not finished: {exc}"]
     t = done[-1]  # type: ignore[index]
-    records = [json.loads(line) for line in settings.audit_log.read_text().splitlines()]
+    records = [asdict(r) for r in settings.audit().records()]
     promoted = [r for r in records if r["action"] == "promote" and r["actor"] == "airflow"]
     answer = predict_local(settings, model, probe)
     served_at = datetime.now(UTC).isoformat(timespec="seconds")[:19]

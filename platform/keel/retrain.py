@@ -130,7 +130,10 @@ def _rollout_cluster(settings: Settings, model: str, run_id: str, decision: dict
     from keel.serving.deploy import predict_at
     from keel.serving.kube import ClusterTarget
 
-    target = ClusterTarget(settings, settings.deploy_target)
+    kind = settings.deploy_target
+    if kind == "cluster":  # each model on its own runtime, as the spec (and the chart's models) say
+        kind = {"kserve": "kserve", "ray": "rayserve"}[settings.spec().model(model).serving.runtime]
+    target = ClusterTarget(settings, kind)
     if target.current(model) is None:
         return {"outcome": "promoted", "champion": decision["champion"], "deployed": False}
     registry = Registry(settings)
@@ -151,7 +154,7 @@ def _rollout_cluster(settings: Settings, model: str, run_id: str, decision: dict
             target.pin(model, old)
         return {"outcome": "rolled_back", "champion": old, "smoke": detail}
     target.pin(model, new)
-    return {"outcome": "promoted", "champion": new, "deployed": True, "target": settings.deploy_target,
+    return {"outcome": "promoted", "champion": new, "deployed": True, "target": kind,
             "object": target.name_of(model)}
 
 

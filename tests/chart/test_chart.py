@@ -122,10 +122,10 @@ def test_profile_validates_against_kubernetes_and_crd_schemas(tmp_path: Path, na
 EXPECTED_KINDS = {
     "minimal": {"InferenceService": 1, "StatefulSet": 2, "CronJob": 1, "Job": 1},
     "production-ha": {"InferenceService": 2, "ScaledObject": 2, "PodDisruptionBudget": 3, "PriorityClass": 2,
-                      "Role": 1, "RoleBinding": 1, "ServiceAccount": 1, "CronJob": 2},
+                      "Role": 3, "RoleBinding": 3, "ServiceAccount": 2, "CronJob": 2},
     "gpu": {"InferenceService": 2, "ScaledObject": 1, "CronJob": 1},
     "rayserve": {"RayService": 2, "CronJob": 2},
-    "multi-tenant": {"Namespace": 2, "ResourceQuota": 2, "LimitRange": 2, "RoleBinding": 4, "PriorityClass": 2},
+    "multi-tenant": {"Namespace": 2, "ResourceQuota": 2, "LimitRange": 2, "RoleBinding": 6, "PriorityClass": 2},
 }
 
 
@@ -249,13 +249,13 @@ def test_feast_server_and_apply_hook_use_the_shared_sql_registry(tmp_path: Path)
 
 def test_controller_rbac_is_least_privilege(tmp_path: Path) -> None:
     docs = values(tmp_path, {"controller": {"enabled": True}})
-    role = one(docs, "Role")
+    role = one(docs, "Role", "keel-controller")
     assert role["rules"] == [
         {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]},
         {"apiGroups": ["ray.io"], "resources": ["rayservices"], "verbs": ["get", "patch"]},
     ]
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    binding = one(docs, "RoleBinding")
+    binding = one(docs, "RoleBinding", "keel-controller")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "keel-controller", "namespace": "ml"}]
     pod = one(docs, "Deployment", "keel-controller")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "keel-controller"
@@ -266,7 +266,10 @@ def test_controller_rbac_is_least_privilege(tmp_path: Path) -> None:
     assert one(docs, "PersistentVolumeClaim", "keel-controller")  # the trigger queue survives restarts
     others = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment" and d is not None]
     assert all(p.get("automountServiceAccountToken") is False for p in others if p is not pod)
-    assert not [d for d in render(tmp_path) if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
+    rbac = [d["metadata"]["name"] for d in render(tmp_path) if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
+    assert set(rbac) == {"keel-pipeline", "keel-pipeline-launcher"}  # the DAG pods' only (below)
+    off = values(tmp_path, {"airflow": {"pipelines": {"enabled": False}}})
+    assert not [d for d in off if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
 
 
 def test_pod_disruption_budgets_cover_replicated_services(tmp_path: Path) -> None:
@@ -392,7 +395,7 @@ def test_multi_tenant_profile_gives_each_team_quota_limits_and_bindings(tmp_path
     quota = [d for d in docs if d["kind"] == "ResourceQuota" and d["metadata"]["namespace"] == "team-fraud"]
     assert quota[0]["spec"]["hard"]["requests.nvidia.com/gpu"] == "2"
     bindings = {(d["metadata"]["namespace"], d["roleRef"]["name"]): [s["name"] for s in d["subjects"]]
-                for d in docs if d["kind"] == "RoleBinding"}
+                for d in docs if d["kind"] == "RoleBinding" and "namespace" in d["metadata"]}
     assert bindings == {("team-fraud", "admin"): ["fraud-leads"], ("team-fraud", "edit"): ["fraud-ds"],
                         ("team-fraud", "view"): ["sre"], ("team-risk", "edit"): ["risk-ds"]}
     pcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
@@ -428,13 +431,39 @@ def test_monitors_scrape_serving_and_the_pushgateway(tmp_path: Path) -> None:
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
 
 
-def test_dags_configmap_carries_the_dag_files(tmp_path: Path) -> None:
+def test_dags_configmap_carries_the_dags_their_spec_and_the_pod_template(tmp_path: Path) -> None:
     dags = {p.name: p.read_text() for p in (ROOT / "dags").glob("*.py")}
-    cms = [d for d in render(tmp_path) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "keel-dags"]
-    if not dags:
-        assert cms == []
-    else:
-        assert cms[0]["data"] == dags
+    (cm,) = [d for d in render(tmp_path) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "keel-dags"]
+    data = dict(cm["data"])
+    pod = json.loads(data.pop("keel_pod.json"))
+    assert data.pop("keel.yaml") == (ROOT / "examples" / "fraud" / "keel.yaml").read_text()  # the image's project
+    assert data == dags and dags
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "keel-pipeline" and spec["automountServiceAccountToken"] is True
+    (base,) = spec["containers"]
+    assert base["name"] == "base" and base["image"] == "ghcr.io/keel-ml/keel-platform:0.1.0"
+    assert base["envFrom"] == [{"configMapRef": {"name": "keel-env"}}]
+    env = env_of(base)
+    assert env["KEEL_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "keel-redis", "key": "password"}}
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "keel-mlflow-auth", "key": "password"}}
+    assert env["KEEL_AUDIT_DB"].endswith("@keel-postgres.ml.svc.cluster.local:5432/keel")
+    assert base["securityContext"]["readOnlyRootFilesystem"] is True and spec["securityContext"]["runAsNonRoot"]
+
+    own = values(tmp_path, {"airflow": {"spec": "name: mine\nmodels: {}\n"}})
+    assert one(own, "ConfigMap", "keel-dags")["data"]["keel.yaml"] == "name: mine\nmodels: {}\n"
+
+
+def test_the_env_configmap_has_the_plain_settings_and_no_secret(tmp_path: Path) -> None:
+    docs = render(tmp_path)
+    data = one(docs, "ConfigMap", "keel-env")["data"]
+    assert data["KEEL_PROFILE"] == "cluster" and data["KEEL_DEPLOY_TARGET"] == "cluster"
+    assert data["KEEL_REDIS_ADDRESS"] == "keel-redis.ml.svc.cluster.local:6379"
+    assert not [k for k in data if "PASSWORD" in k or k in ("KEEL_FEAST_REGISTRY", "KEEL_AUDIT_DB")]
+    # the chart's own pods list the same settings one by one
+    env = env_of(one(docs, "Deployment", "keel-feast")["spec"]["template"]["spec"]["containers"][0])
+    assert {k: env[k] for k in data} == data
+    launcher = one(docs, "RoleBinding", "keel-pipeline-launcher")
+    assert launcher["subjects"] == [{"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"}]
 
 
 def test_network_policies_deny_by_default_and_allow_what_keel_needs(tmp_path: Path) -> None:

@@ -97,28 +97,34 @@ valueFrom:
     secretKeyRef: {name: {{ .Values.postgres.passwordSecret }}, key: password}
 {{- end }}
 {{- end -}}
-{{/* What every keel process needs to find the platform: the cluster profile, Redis, the Feast
-     registry and MLflow credentials. */}}
-{{- define "keel.env" -}}
-- {name: KEEL_PROFILE, value: cluster}
-- {name: KEEL_RELEASE, value: {{ .Release.Name }}}
-- {name: KEEL_FULLNAME, value: {{ include "keel.fullname" . }}}
-- {name: KEEL_NAMESPACE, value: {{ .Release.Namespace }}}
+{{/* keel's plain settings (KEEL_* without secrets), as a map: the release's "<fullname>-env" ConfigMap
+     holds them for the DAG pods (envFrom), and keel.env lists them for the chart's own pods. */}}
+{{- define "keel.settings" -}}
+KEEL_PROFILE: cluster
+KEEL_RELEASE: {{ .Release.Name | quote }}
+KEEL_FULLNAME: {{ include "keel.fullname" . | quote }}
+KEEL_NAMESPACE: {{ .Release.Namespace | quote }}
 {{- if .Values.redis.enabled }}
-- {name: KEEL_REDIS_ADDRESS, value: "{{ include "keel.svc" (list . "redis") }}:{{ .Values.redis.port }}"}
+KEEL_REDIS_ADDRESS: "{{ include "keel.svc" (list . "redis") }}:{{ .Values.redis.port }}"
 {{- else }}
-- {name: KEEL_REDIS_ADDRESS, value: {{ required "redis.externalAddress is required when redis.enabled is false" .Values.redis.externalAddress | quote }}}
+KEEL_REDIS_ADDRESS: {{ required "redis.externalAddress is required when redis.enabled is false" .Values.redis.externalAddress | quote }}
 {{- end }}
-- {name: KEEL_MLFLOW_URI, value: "http://{{ include "keel.svc" (list . "mlflow") }}:{{ .Values.mlflow.port }}"}
+KEEL_MLFLOW_URI: "http://{{ include "keel.svc" (list . "mlflow") }}:{{ .Values.mlflow.port }}"
+{{- if not .Values.pushgateway.enabled }}
+KEEL_PUSHGATEWAY: {{ required "pushgateway.externalUrl is required when pushgateway.enabled is false" .Values.pushgateway.externalUrl | quote }}
+{{- end }}
+KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
+{{- end -}}
+{{/* The secret half: references to the Secrets the values name (never their contents). */}}
+{{- define "keel.secretEnv" -}}
 - name: KEEL_REDIS_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ .Values.redis.passwordSecret }}, key: password}
 {{- include "keel.postgresPasswordEnv" . }}
 - name: KEEL_FEAST_REGISTRY
   {{- include "keel.dbEnv" (list . "feast" "feast") | nindent 2 }}
-{{- if not .Values.pushgateway.enabled }}
-- {name: KEEL_PUSHGATEWAY, value: {{ required "pushgateway.externalUrl is required when pushgateway.enabled is false" .Values.pushgateway.externalUrl | quote }}}
-{{- end }}
+- name: KEEL_AUDIT_DB
+  {{- include "keel.dbEnv" (list . "keel" "keel") | nindent 2 }}
 {{- if .Values.mlflow.auth.enabled }}
 - name: MLFLOW_TRACKING_USERNAME
   valueFrom:
@@ -127,6 +133,14 @@ valueFrom:
   valueFrom:
     secretKeyRef: {name: {{ .Values.mlflow.auth.secret }}, key: password}
 {{- end }}
+{{- end -}}
+{{/* What every keel process needs to find the platform: the cluster profile, Redis, the Feast
+     registry, the audit database and MLflow credentials. */}}
+{{- define "keel.env" -}}
+{{- range $k, $v := fromYaml (include "keel.settings" .) }}
+- {name: {{ $k }}, value: {{ $v | quote }}}
+{{- end }}
+{{ include "keel.secretEnv" . }}
 {{- end -}}
 {{- define "keel.modelName" -}}{{ .name | replace "_" "-" }}{{- end -}}
 {{- define "keel.minReplicas" -}}{{ if hasKey . "minReplicas" }}{{ .minReplicas }}{{ else }}1{{ end }}{{- end -}}
@@ -150,4 +164,33 @@ valueFrom:
 - name: predictions
   persistentVolumeClaim: {claimName: {{ include "keel.fullname" . }}-predictions}
 {{- end }}
+{{- end -}}
+{{/* The pod every DAG step starts from (KubernetesPodOperator's pod_template_dict): the platform image,
+     the release's settings and Secrets, the pipeline ServiceAccount, keel's security context. The DAG
+     adds the command, the step's labels and the model's training resources. */}}
+{{- define "keel.pipelinePod" -}}
+apiVersion: v1
+kind: Pod
+metadata:
+  namespace: {{ .Release.Namespace }}
+  labels: {{- include "keel.componentLabels" (list . "pipeline") | nindent 4 }}
+spec:
+  serviceAccountName: {{ include "keel.fullname" . }}-pipeline
+  automountServiceAccountToken: true
+  restartPolicy: Never
+  securityContext: {{- include "keel.podSecurity" . | nindent 4 }}
+  {{- include "keel.pullSecrets" . | nindent 2 }}
+  containers:
+    - name: base
+      image: {{ include "keel.platformImage" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      envFrom:
+        - configMapRef: {name: {{ include "keel.fullname" . }}-env}
+      env: {{- include "keel.secretEnv" . | nindent 8 }}
+      resources: {{- toYaml .Values.airflow.pipelines.resources | nindent 8 }}
+      securityContext: {{- include "keel.containerSecurity" . | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - {name: tmp, emptyDir: {}}
 {{- end -}}

@@ -107,8 +107,6 @@ def audit(ctx: click.Context, model: str | None, fmt: str) -> None:
     """The audit log of alias changes (all models, or MODEL)."""
     from dataclasses import asdict
 
-    from keel.registry.audit import AuditLog
-
-    rows = [asdict(r) for r in AuditLog(settings_of(ctx).audit_log).records(model)]
+    rows = [asdict(r) for r in settings_of(ctx).audit().records(model)]
     cols = ["time", "actor", "action", "model", "alias", "from_version", "to_version", "reason"]
     click.echo(render(rows, fmt, cols) if fmt == "table" else render(rows, fmt))

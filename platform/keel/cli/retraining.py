@@ -24,7 +24,6 @@ def controller(ctx: click.Context, host: str | None, port: int | None) -> None:
     from keel.controller.airflow import Airflow
     from keel.controller.app import Controller, serve, wait_forever
     from keel.controller.queue import TriggerQueue
-    from keel.registry.audit import AuditLog
 
     s = settings_of(ctx)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -36,7 +35,7 @@ def controller(ctx: click.Context, host: str | None, port: int | None) -> None:
 
         return [m["name"] for m in Registry(s).models()]
 
-    ctl = Controller(queue, airflow, AuditLog(s.audit_log), known_models=known)
+    ctl = Controller(queue, airflow, s.audit(), known_models=known)
     bind = host or s.listen_host
     server = serve(ctl, bind, port or s.controller_port, s.token())
     click.echo(f"keel controller on http://{bind}:{server.server_port} (Airflow {s.airflow_api})")

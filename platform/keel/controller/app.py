@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from keel.controller.airflow import Airflow, AirflowError
 from keel.controller.queue import Trigger, TriggerQueue
-from keel.registry.audit import AuditLog, AuditRecord
+from keel.registry.audit import AuditRecord, AuditStore
 
 log = logging.getLogger("keel.controller")
 RETRAIN_ALERTS = ("KeelDatasetDrift",)  # KeelDriftJobStale is category drift too, but retraining won't fix it
@@ -33,7 +33,7 @@ def dag_id(model: str) -> str:
 
 
 class Controller:
-    def __init__(self, queue: TriggerQueue, airflow: Airflow, audit: AuditLog, actor: str = "keel-controller",
+    def __init__(self, queue: TriggerQueue, airflow: Airflow, audit: AuditStore, actor: str = "keel-controller",
                  known_models: Any = None) -> None:
         self.queue, self.airflow, self.audit, self.actor = queue, airflow, audit, actor
         self.known_models = known_models  # callable returning model names, or None to accept any

@@ -1,17 +1,27 @@
 """An append-only audit log of every alias change (and every refusal to change one).
 
-One JSON object per line; appends take an exclusive lock and are fsync'ed, so concurrent writers
-(CLI, controller, DAG tasks) never interleave and a crash loses at most the record being written.
+Two stores behind one interface (``append``, ``records``):
+- ``AuditLog``, local: one JSON object per line; appends take an exclusive lock and are fsync'ed, so
+  concurrent writers (CLI, controller, DAG tasks) never interleave and a crash loses at most the record
+  being written.
+- ``AuditDB``, on a cluster: a table in the platform database (the chart's Postgres), because the
+  controller, the DAG pods and every CLI write to it from different pods that share no disk. Each append
+  is one committed INSERT; the order is the database's sequence, which concurrent writers cannot tear.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from keel.errors import KeelError
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class AuditLog:
     def append(self, record: AuditRecord) -> AuditRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(asdict(record), sort_keys=True, default=str) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, line.encode())
@@ -60,3 +70,74 @@ class AuditLog:
                 if model is None or rec.model == model:
                     out.append(rec)
         return out
+
+
+class AuditDB:
+    """Audit records in a SQL database (SQLAlchemy URI): table ``keel_audit``, created on first use."""
+
+    def __init__(self, uri: str) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        try:
+            self.engine = sa.create_engine(uri, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+            raise KeelError(f"KEEL_AUDIT_DB: not a usable database URI ({exc.__class__.__name__}: {exc}); "
+                            "expected e.g. postgresql+psycopg://user:pass@host:5432/keel") from None
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            "keel_audit", meta,
+            sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+                      autoincrement=True),
+            sa.Column("time", sa.String(40), nullable=False),
+            sa.Column("action", sa.String(64), nullable=False),
+            sa.Column("model", sa.String(256), nullable=False, index=True),
+            sa.Column("record", sa.Text(), nullable=False),
+        )
+        self._meta, self._created = meta, False
+
+    def _ready(self) -> None:
+        """Create the table on first use (not at construction: a serving pod that never audits must not
+        depend on the database)."""
+        if self._created:
+            return
+        with self._errors():
+            self._meta.create_all(self.engine, checkfirst=True)
+        self._created = True
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A database that is down or missing is one readable line naming it (password hidden)."""
+        try:
+            yield
+        except self._sa.exc.OperationalError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise KeelError(f"audit database {where} is not reachable or does not exist "
+                            f"({str(exc.orig).strip().splitlines()[0]}); create it, or unset KEEL_AUDIT_DB "
+                            "to keep the audit log in KEEL_HOME") from None
+
+    def append(self, record: AuditRecord) -> AuditRecord:
+        row = {"time": record.time, "action": record.action, "model": record.model,
+               "record": json.dumps(asdict(record), sort_keys=True, default=str)}
+        self._ready()
+        with self._errors(), self.engine.begin() as conn:
+            conn.execute(self.table.insert().values(**row))
+        return record
+
+    def records(self, model: str | None = None) -> list[AuditRecord]:
+        q = self._sa.select(self.table.c.record).order_by(self.table.c.seq)
+        if model is not None:
+            q = q.where(self.table.c.model == model)
+        self._ready()
+        with self._errors(), self.engine.connect() as conn:
+            return [AuditRecord(**json.loads(r)) for (r,) in conn.execute(q)]
+
+
+def open_audit(settings: Any) -> AuditLog | AuditDB:
+    """The audit store the settings name: KEEL_AUDIT_DB when set, else KEEL_HOME/audit.jsonl."""
+    if settings.audit_db is not None:
+        return AuditDB(settings.audit_db.get_secret_value())
+    return AuditLog(settings.audit_log)
+
+
+AuditStore = AuditLog | AuditDB

@@ -21,7 +21,7 @@ from keel.errors import GateRefusedError, KeelError, NotFoundError, ServiceUnava
 from keel.infra.probes import http_ok
 from keel.registry import flavors
 from keel.registry import metrics as m
-from keel.registry.audit import AuditLog, AuditRecord
+from keel.registry.audit import AuditRecord
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,7 +66,7 @@ class Registry:
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.progress = progress or (lambda msg: None)  # a line per step of long work (uploads)
-        self.audit = AuditLog(settings.audit_log)
+        self.audit = settings.audit()
         self._client: MlflowClient | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
