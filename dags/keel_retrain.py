@@ -1,11 +1,18 @@
-"""keel's Airflow DAGs, generated from the project spec (keel.yaml, named by KEEL_PROJECT):
-`keel_retrain__<model>` per model and `keel_materialize`. Thin on purpose: every step is a function in
-keel.retrain / keel.features, run in the core venv (local) or the platform image (kubernetes), never in
-Airflow's own venv. Only the spec's model names and schedules are read here (Airflow's venv has no keel);
-the tasks read and validate the rest."""
+"""keel's Airflow DAGs, generated from the project spec (keel.yaml, named by KEEL_PROJECT, else the
+keel.yaml beside this file, as the chart's dags ConfigMap carries it): `keel_retrain__<model>` per model
+and `keel_materialize`. Thin on purpose: every step is a function in keel.retrain / keel.features, run in
+the core venv (local) or as a pod of the platform image (kubernetes), never in Airflow's own venv. Only
+the spec's model names, schedules and training resources are read here (Airflow's venv has no keel); the
+tasks read and validate the rest.
+
+Pods start from the template the chart renders beside this file (keel_pod.json, or KEEL_POD_TEMPLATE):
+the platform image, the release's settings (envFrom its "<fullname>-env" ConfigMap) and Secrets, the
+pipeline ServiceAccount. Where that template is, the steps run as pods unless KEEL_DAG_EXECUTOR=local."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,24 +22,32 @@ import yaml
 from airflow.sdk import dag, task
 
 HERE = Path(__file__).resolve().parent
+POD_TEMPLATE = Path(os.environ.get("KEEL_POD_TEMPLATE", str(HERE / "keel_pod.json")))
 
 
 def _project() -> dict[str, Any]:
     path = os.environ.get("KEEL_PROJECT")
-    if not path:
-        return {}
-    p = Path(path)
+    p = Path(path) if path else HERE / "keel.yaml"
     p = p / "keel.yaml" if p.is_dir() else p
+    if not path and not p.exists():
+        return {}
     return yaml.safe_load(p.read_text()) or {}
 
 
 SPEC = _project()
 CONFIG = SPEC.get("airflow") or {}
-EXECUTOR = os.environ.get("KEEL_DAG_EXECUTOR", CONFIG.get("executor", "local"))
+EXECUTOR = os.environ.get("KEEL_DAG_EXECUTOR") or ("kubernetes" if POD_TEMPLATE.exists()
+                                                   else CONFIG.get("executor", "local"))
 CORE_PYTHON = os.environ.get("KEEL_CORE_PYTHON", str(HERE.parent / ".venv" / "bin" / "python"))
-IMAGE = os.environ.get("KEEL_PLATFORM_IMAGE", "ghcr.io/keel-ml/keel-platform:0.1.0")
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True,
            "max_retry_delay": timedelta(minutes=10)}
+if EXECUTOR not in ("local", "kubernetes"):
+    raise ValueError(f"keel DAGs: executor {EXECUTOR!r} is not one of: local, kubernetes")
+if EXECUTOR == "kubernetes" and not POD_TEMPLATE.exists():
+    raise FileNotFoundError(f"keel DAGs: executor kubernetes needs the pod template the keel chart renders "
+                            f"({POD_TEMPLATE} not found; mount the chart's '<release>-dags' ConfigMap as the "
+                            "dags folder, or set KEEL_POD_TEMPLATE)")
+TEMPLATE: dict[str, Any] = json.loads(POD_TEMPLATE.read_text()) if EXECUTOR == "kubernetes" else {}
 
 
 # Parameter names avoid Airflow's context keys (run_id, conf, ...), which it reserves.
@@ -75,25 +90,61 @@ def _local(fn: Any, task_id: str) -> Any:
     return task.external_python(python=CORE_PYTHON, task_id=task_id, expect_airflow=False, **RETRIES)(fn)
 
 
-def retrain_dag(model: str, schedule: str | None) -> Any:
-    @dag(dag_id=f"keel_retrain__{model}", schedule=schedule, start_date=datetime(2026, 1, 1), catchup=False,
-         max_active_runs=1, render_template_as_native_obj=True, tags=["keel", "retrain"],
+def _resources(training: dict[str, Any] | None) -> Any:
+    """The template's resources with the model's ``training`` (cpu, memory, gpus) over them, or None
+    (the template's as they are) when the spec names none."""
+    from kubernetes.client import models as k8s
+
+    training = training or {}
+    if not any(training.get(k) for k in ("cpu", "memory", "gpus")):
+        return None
+    res = copy.deepcopy(TEMPLATE["spec"]["containers"][0].get("resources") or {})
+    requests, limits = res.setdefault("requests", {}), res.setdefault("limits", {})
+    if training.get("cpu"):
+        requests["cpu"] = limits["cpu"] = str(training["cpu"])
+    if training.get("memory"):
+        requests["memory"] = limits["memory"] = str(training["memory"])
+    if training.get("gpus"):
+        limits["nvidia.com/gpu"] = str(int(training["gpus"]))
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _pod(task_id: str, model: str | None, cmds: list[str], arguments: list[str], xcom: bool = True,
+         resources: Any = None) -> Any:
+    """One step as a pod of the chart's template: the operator adds the command, the step's labels and
+    (train) the model's resources."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    meta, base = TEMPLATE["metadata"], TEMPLATE["spec"]["containers"][0]
+    labels = {"keel.dev/step": task_id, **({"keel.dev/model": model} if model else {})}
+    return KubernetesPodOperator(
+        task_id=task_id, name=f"keel-{task_id}-{model or 'features'}".replace("_", "-"),
+        namespace=meta.get("namespace"), pod_template_dict=TEMPLATE, image=base["image"],
+        service_account_name=TEMPLATE["spec"].get("serviceAccountName"), cmds=cmds, arguments=arguments,
+        labels=labels, container_resources=resources, do_xcom_push=xcom,
+        xcom_sidecar_container_security_context=base.get("securityContext"),
+        on_finish_action="delete_succeeded_pod", **RETRIES)
+
+
+def retrain_dag(model: str, spec: dict[str, Any]) -> Any:
+    pods = EXECUTOR == "kubernetes"
+
+    @dag(dag_id=f"keel_retrain__{model}", schedule=spec.get("retrain_schedule"), start_date=datetime(2026, 1, 1),
+         catchup=False, max_active_runs=1, render_template_as_native_obj=not pods, tags=["keel", "retrain"],
          doc_md=f"Retrain `{model}`: training set -> train -> register (challenger) -> gate -> promote -> "
                 "canary -> smoke check -> full rollout (or rollback). Triggered by the keel controller.")
     def pipeline() -> None:
-        if EXECUTOR == "kubernetes":
-            from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-            def pod(step: str, upstream: str | None) -> Any:
-                args = ["python", "-m", "keel.retrain", step, "--model", model, "--run-id", "{{ run_id }}",
-                        "--conf", "{{ dag_run.conf | tojson }}", "--xcom"]
+        if pods:
+            def step(name: str, conf: str, upstream: str | None = None, resources: Any = None) -> Any:
+                args = [name, "--model", model, "--run-id", "{{ run_id }}", "--conf", conf, "--xcom"]
                 if upstream:
                     args += ["--input", f"{{{{ ti.xcom_pull(task_ids='{upstream}') | tojson }}}}"]
-                return KubernetesPodOperator(task_id=step, name=f"keel-{step}-{model}", image=IMAGE,
-                                             cmds=args[:1], arguments=args[1:], do_xcom_push=True,
-                                             env_from=[], **RETRIES)
+                return _pod(name, model, ["python", "-m", "keel.retrain"], args, resources=resources)
 
-            pod("validate", None) >> pod("train", None) >> pod("gate", "train") >> pod("rollout", "gate")
+            valid = "{{ ti.xcom_pull(task_ids='validate') | tojson }}"  # the conf as validate checked it
+            (step("validate", "{{ dag_run.conf | tojson }}")
+             >> step("train", valid, resources=_resources(spec.get("training")))
+             >> step("gate", "{}", "train") >> step("rollout", valid, "gate"))
             return
         conf = "{{ dag_run.conf }}"
         valid = _local(_validate, "validate")(model, "{{ run_id }}", conf)
@@ -108,9 +159,12 @@ def retrain_dag(model: str, schedule: str | None) -> Any:
      catchup=False, max_active_runs=1, tags=["keel", "features"],
      doc_md="Incremental materialization of every online feature view into Redis.")
 def keel_materialize() -> None:
+    if EXECUTOR == "kubernetes":
+        _pod("materialize", None, ["keel"], ["features", "materialize"], xcom=False)
+        return
     _local(_materialize, "materialize")()
 
 
 for _name, _model in (SPEC.get("models") or {}).items():
-    globals()[f"keel_retrain__{_name}"] = retrain_dag(_name, (_model or {}).get("retrain_schedule"))
+    globals()[f"keel_retrain__{_name}"] = retrain_dag(_name, _model or {})
 keel_materialize()

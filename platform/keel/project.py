@@ -62,6 +62,20 @@ class ServingSpec(_Strict):
     max_replicas: int = Field(1, ge=1)
 
 
+CPU = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
+MEMORY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+
+class TrainingSpec(_Strict):
+    """Resources of the model's train step where it runs as a pod (a DAG with executor: kubernetes);
+    unset values keep the chart's airflow.pipelines.resources. Written in Kubernetes quantities, checked
+    here so that a typo fails when the spec loads, not when the API server refuses the pod."""
+
+    cpu: str | None = Field(None, pattern=CPU)
+    memory: str | None = Field(None, pattern=MEMORY)
+    gpus: int = Field(0, ge=0)
+
+
 class DriftSpec(_Strict):
     window: str = "1h"
     sample_size: int = Field(50_000, ge=100)
@@ -83,6 +97,7 @@ class ModelSpec(_Strict):
     gate: GateSpec = GateSpec()
     rollout: RolloutSpec = RolloutSpec()
     serving: ServingSpec = ServingSpec()
+    training: TrainingSpec = TrainingSpec()
     drift: DriftSpec = DriftSpec()
     retrain_schedule: str | None = None
 

@@ -198,16 +198,21 @@ def _smoke(settings: Settings, model: str, probes: list[dict[str, Any]], predict
     return True, f"{n} answers"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m keel.retrain STEP --model M --run-id R [--conf JSON] [--input JSON]`` (cluster pods)."""
+def parser() -> argparse.ArgumentParser:
+    """The pods' command line (the DAG's KubernetesPodOperator tasks build it)."""
     ap = argparse.ArgumentParser(prog="keel.retrain")
     ap.add_argument("step", choices=["validate", "train", "gate", "rollout"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--run-id", required=True)
-    ap.add_argument("--conf", default="{}")
+    ap.add_argument("--conf", default="{}", help="the run's conf (validate) or the conf validate returned")
     ap.add_argument("--input", default="{}", help="the previous step's output")
     ap.add_argument("--xcom", action="store_true", help="also write the result where KubernetesPodOperator reads it")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m keel.retrain STEP --model M --run-id R [--conf JSON] [--input JSON]`` (cluster pods)."""
+    a = parser().parse_args(argv)
     s, conf, prev = load_settings(), json.loads(a.conf), json.loads(a.input)
     steps = {"validate": lambda: validate_conf(conf, s.spec().models.get(a.model)),
              "train": lambda: train(s, a.model, a.run_id, conf),

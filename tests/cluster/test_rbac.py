@@ -45,6 +45,33 @@ def test_the_controller_may_read_and_patch_its_releases_serving_objects_only(kub
     assert got == matrix, [m for m, g in zip(matrix, got, strict=True) if m != g]
 
 
+def test_the_dag_pods_and_airflow_may_do_what_a_retraining_run_needs_only(kubeconfig: Path, namespace: str,
+                                                                         tmp_path: Path) -> None:
+    """The DAG steps' ServiceAccount rolls out (get/patch the serving objects) and nothing more; Airflow's
+    worker ServiceAccount (another namespace) may run the step pods here: create, watch, logs, the XCom
+    sidecar's exec, delete — and touch nothing else of the release."""
+    install(kubeconfig, tmp_path, "keel", namespace, "minimal")
+    sa_groups = ["system:serviceaccounts", "system:authenticated"]
+    steps = f"system:serviceaccount:{namespace}:keel-pipeline"
+    matrix: list[tuple[str, str, str, str, str, bool]] = []
+    for group, resource in (("serving.kserve.io", "inferenceservices"), ("ray.io", "rayservices")):
+        matrix += [(steps, v, group, resource, namespace, True) for v in ("get", "patch")]
+        matrix += [(steps, v, group, resource, namespace, False) for v in ("create", "delete", "list")]
+        matrix.append((steps, "patch", group, resource, "default", False))
+    matrix += [(steps, v, "", "secrets", namespace, False) for v in ("get", "list")]
+    matrix += [(steps, "create", "", "pods", namespace, False), (steps, "get", "", "configmaps", namespace, False),
+               (steps, "patch", "apps", "deployments", namespace, False)]
+    worker = "system:serviceaccount:airflow:airflow-worker"
+    matrix += [(worker, v, "", "pods", namespace, True) for v in ("create", "get", "list", "watch", "delete")]
+    matrix += [(worker, "get", "", "pods/log", namespace, True), (worker, "create", "", "pods/exec", namespace, True),
+               (worker, "create", "", "pods", "default", False), (worker, "get", "", "secrets", namespace, False),
+               (worker, "get", "", "configmaps", namespace, False),
+               (worker, "patch", "serving.kserve.io", "inferenceservices", namespace, False),
+               (worker, "create", "rbac.authorization.k8s.io", "rolebindings", namespace, False)]
+    got = [(u, v, g, r, ns, allowed(kubeconfig, u, sa_groups, v, g, r, ns)) for u, v, g, r, ns, _ in matrix]
+    assert got == matrix, [m for m, g in zip(matrix, got, strict=True) if m != g]
+
+
 @pytest.mark.parametrize(("who", "verb", "resource", "ns", "expected"), [
     ("fraud-leads", "create", "rolebindings", "team-fraud", True),    # admin: manages its team's access
     ("fraud-ds", "create", "deployments", "team-fraud", True),        # edit: runs workloads

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import SecretStr
 
 from keel.config import Settings
-from tests.conftest import KEEL, keel_env, run_keel
+from tests.conftest import FRAUD, KEEL, keel_env, run_keel
 from tests.kubeapi import api
 
 KINDS = {"kserve": ("serving.kserve.io/v1beta1", "InferenceService"), "rayserve": ("ray.io/v1", "RayService")}
@@ -156,10 +158,10 @@ class Operator:
     """KServe's part, in a thread: each time the API server holds a generation of the model's object the
     operator has not reported, record the ServeSpec it would roll out and report it Ready."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, name: str) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, name: str, target: str = "kserve") -> None:
         import threading
 
-        self.kubeconfig, self.namespace, self.name = kubeconfig, namespace, name
+        self.kubeconfig, self.namespace, self.name, self.target = kubeconfig, namespace, name, target
         self.seen: list[dict[str, Any]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -168,10 +170,10 @@ class Operator:
         from keel.serving.kube import serve_spec_of
 
         while not self.stop.is_set():
-            obj = get(self.kubeconfig, "kserve", self.namespace, self.name)
+            obj = get(self.kubeconfig, self.target, self.namespace, self.name)
             if obj is not None and (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
                 self.seen.append(serve_spec_of(obj) or {})
-                operator_reports(self.kubeconfig, "kserve", self.namespace, self.name, ready=True)
+                operator_reports(self.kubeconfig, self.target, self.namespace, self.name, ready=True)
             self.stop.wait(0.2)
 
     def __enter__(self) -> Operator:
@@ -185,14 +187,16 @@ class Operator:
 
 def test_a_promotion_rolls_out_on_the_inference_service_canary_smoke_full(
         training_set: Any, deployer: Any, stack_settings: Settings, kubeconfig: Path,
-        namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        namespace: str, postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The retraining DAG's rollout step with KEEL_DEPLOY_TARGET=kserve: the live InferenceService is patched
     to the canary (previous version, new champion at 20%), smoke-checked through the model's endpoint (a
     real local serving process stands in for the predictor pod), then patched to the new version alone;
-    a failing smoke check rolls the registry and the object back."""
+    a failing smoke check rolls the registry and the object back. The audit records land in the platform
+    database (a real Postgres, KEEL_AUDIT_DB), as they do from the pods of a release."""
     from examples.fraud.fraud_model import train_fraud_model
 
     from keel import retrain
+    from keel.registry.audit import AuditDB
     from keel.registry.client import Registry
     from keel.serving.kube import ClusterTarget
     from keel.serving.spec import ServeSpec
@@ -200,7 +204,8 @@ def test_a_promotion_rolls_out_on_the_inference_service_canary_smoke_full(
 
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     model = "fraud_cluster"
-    reg = Registry(stack_settings)
+    audited = stack_settings.model_copy(update={"audit_db": SecretStr(postgres)})
+    reg = Registry(audited)
     first = train_fraud_model(training_set)
     v1 = reg.register(first.model, model, training_set, first.holdout, first.metrics).version
     reg.promote(model)
@@ -208,7 +213,7 @@ def test_a_promotion_rolls_out_on_the_inference_service_canary_smoke_full(
     v2 = reg.register(second.model, model, training_set, second.holdout, second.metrics).version
     port = free_ports(1)[0]
     stand_in = deployer(model=model, alias="champion", port=port)  # the "predictor pod"
-    s = stack_settings.model_copy(update={"deploy_target": "kserve", "release": "keel", "namespace": namespace,
+    s = audited.model_copy(update={"deploy_target": "kserve", "release": "keel", "namespace": namespace,
                                           "serving_endpoint": stand_in, "start_timeout": 30.0})
     target = ClusterTarget(s, "kserve")
     name = target.name_of(model)
@@ -231,5 +236,30 @@ def test_a_promotion_rolls_out_on_the_inference_service_canary_smoke_full(
             assert back["outcome"] == "rolled_back" and "is keel-" in back["smoke"], back
             assert reg.resolve(model, "champion").version == v1
             assert target.current(model)["version"] == v1 and op.seen[-1]["version"] == v1
+
+        # the same promotion on a RayService, chosen by configuration: KEEL_DEPLOY_TARGET=cluster and the
+        # model's own runtime in the project spec (ray), as the chart configures the DAG pods
+        spec = yaml.safe_load((FRAUD / "keel.yaml").read_text())
+        spec["feature_repo"] = str(FRAUD / "feature_repo")
+        spec["models"][model] = {**spec["models"]["fraud"], "serving": {"runtime": "ray"}}
+        (tmp_path / "keel.yaml").write_text(yaml.safe_dump(spec))
+        ray = s.model_copy(update={"deploy_target": "cluster", "project": tmp_path / "keel.yaml"})
+        ray._spec = None  # read the project named now, not the copied settings' cached one
+        # (the decision is the gate step's output: v2 promoted over v1; the rollout itself moves no alias)
+        ray_target = ClusterTarget(ray, "rayserve")
+        with Operator(kubeconfig, namespace, ray_target.name_of(model), "rayserve") as rop:
+            ray_target.deploy(ServeSpec(model=model, version=v1, runtime="ray", port=8000))
+            out = retrain.rollout(ray, model, "run-3", {"promoted": True, "champion": v2, "previous": v1},
+                                  {"canary_percent": 50, "smoke_requests": 5})
+            assert out["outcome"] == "promoted" and out["target"] == "rayserve", out
+            steps = [(x["version"], x.get("canary_alias"), x.get("canary_weight") or 0.0) for x in rop.seen]
+            assert steps == [(v1, None, 0.0), (v1, "champion", 0.5), (v2, None, 0.0)], steps
+
+        trail = [(r.action, r.from_version, r.to_version, r.actor) for r in AuditDB(postgres).records(model)]
+        me = audited.actor
+        assert trail == [("register", None, v1, me), ("promote", None, v1, me), ("register", None, v2, me),
+                         ("force-promote", v1, v2, me), ("rollback", v2, v1, "airflow")], trail
+        assert "smoke check failed" in AuditDB(postgres).records(model)[-1].reason
+        assert not stack_settings.audit().records(model)  # nothing in the pod-local file
     finally:
-        target.undeploy(model)
+        target.undeploy(model)  # every object of the model: the InferenceService and the RayService
