@@ -449,6 +449,12 @@ def test_dags_configmap_carries_the_dags_their_spec_and_the_pod_template(tmp_pat
     assert env["KEEL_AUDIT_DB"].endswith("@keel-postgres.ml.svc.cluster.local:5432/keel")
     assert base["securityContext"]["readOnlyRootFilesystem"] is True and spec["securityContext"]["runAsNonRoot"]
 
+    s3 = json.loads(one(values(tmp_path, {"trainingSets": {"uri": "s3://ml/sets", "s3Secret": "ml-s3"}}),
+                        "ConfigMap", "keel-dags")["data"]["keel_pod.json"])["spec"]
+    assert env_of(s3["containers"][0])["KEEL_SNAPSHOT_URI"] == "s3://ml/sets"
+    assert {"secretRef": {"name": "ml-s3"}} in s3["containers"][0]["envFrom"]
+    assert all("persistentVolumeClaim" not in v for v in s3["volumes"])
+
     own = values(tmp_path, {"airflow": {"spec": "name: mine\nmodels: {}\n"}})
     assert one(own, "ConfigMap", "keel-dags")["data"]["keel.yaml"] == "name: mine\nmodels: {}\n"
 

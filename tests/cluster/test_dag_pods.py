@@ -103,6 +103,11 @@ def test_dag_built_pods_are_admitted_and_carry_the_release_and_the_model(kubecon
         plain = {e.name: e.value for e in base.env if not e.value_from}
         assert plain["KEEL_AUDIT_DB"].endswith(f"@lend-keel-postgres.{namespace}.svc.cluster.local:5432/keel")
         assert accepted.metadata.labels["keel.dev/step"] == task
+        # snapshots on the release's shared volume, never on the pod's own disk
+        assert plain["KEEL_SNAPSHOT_URI"] == "/var/lib/keel/training-sets"
+        assert {(v.name, v.persistent_volume_claim.claim_name) for v in accepted.spec.volumes
+                if v.persistent_volume_claim} == {("training-sets", "lend-keel-training-sets")}
+        assert "/var/lib/keel/training-sets" in [m.mount_path for m in base.volume_mounts]
         if dag == "keel_materialize":
             assert base.command + base.args == ["keel", "features", "materialize"]
             continue
@@ -125,7 +130,9 @@ def test_dag_built_pods_are_admitted_and_carry_the_release_and_the_model(kubecon
     for key in (("keel_retrain__churn", "gate"), ("keel_retrain__default_risk", "train")):
         base = next(c for c in by[key]["spec"]["containers"] if c["name"] == "base")
         assert base["resources"] == chart, key
-    assert any(d["kind"] == "ServiceAccount" for d in docs)
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] ==
+                 "lend-keel-training-sets")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
     # and the dry run is a real check: a pod whose ServiceAccount is not there is refused
     broken = json.loads(json.dumps(by[("keel_materialize", "materialize")]))

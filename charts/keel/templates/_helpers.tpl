@@ -186,11 +186,23 @@ spec:
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       envFrom:
         - configMapRef: {name: {{ include "keel.fullname" . }}-env}
-      env: {{- include "keel.secretEnv" . | nindent 8 }}
+        {{- with .Values.trainingSets.s3Secret }}
+        - secretRef: {name: {{ . }}}
+        {{- end }}
+      env:
+        - {name: KEEL_SNAPSHOT_URI, value: {{ .Values.trainingSets.uri | default "/var/lib/keel/training-sets" | quote }}}
+        {{- include "keel.secretEnv" . | nindent 8 }}
       resources: {{- toYaml .Values.airflow.pipelines.resources | nindent 8 }}
       securityContext: {{- include "keel.containerSecurity" . | nindent 8 }}
       volumeMounts:
         - {name: tmp, mountPath: /tmp}
+        {{- if not .Values.trainingSets.uri }}
+        - {name: training-sets, mountPath: /var/lib/keel/training-sets}
+        {{- end }}
   volumes:
     - {name: tmp, emptyDir: {}}
+    {{- if not .Values.trainingSets.uri }}
+    - name: training-sets
+      persistentVolumeClaim: {claimName: {{ include "keel.fullname" . }}-training-sets}
+    {{- end }}
 {{- end -}}

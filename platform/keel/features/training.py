@@ -36,7 +36,7 @@ class TrainingSet:
     features: list[str]          # model input columns, in the feature service's order
     entity_keys: list[str]
     label: str | None
-    snapshot: Path
+    snapshot: Path | str         # a local file, or an fsspec URI (KEEL_SNAPSHOT_URI: s3://..., shared)
     snapshot_hash: str
     window_start: pd.Timestamp
     window_end: pd.Timestamp
@@ -160,13 +160,8 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
             log.warning(msg)
     df = df.sort_values([TIMESTAMP, *entity_keys], kind="mergesort").reset_index(drop=True)
     digest = frame_hash(df)
-    out = out_dir or settings.home / "training_sets"
-    out.mkdir(parents=True, exist_ok=True)
-    snapshot = out / f"{feature_service}-{digest}.parquet"
-    if not snapshot.exists():
-        tmp = snapshot.with_suffix(".tmp")
-        df.to_parquet(tmp, index=False)
-        tmp.replace(snapshot)
+    snapshot = write_snapshot(df, out_dir or settings.snapshot_uri or settings.home / "training_sets",
+                              f"{feature_service}-{digest}.parquet")
     return TrainingSet(
         frame=df, feature_service=feature_service, features=features, entity_keys=entity_keys,
         label=label, snapshot=snapshot, snapshot_hash=digest,
@@ -185,3 +180,33 @@ def _all_null_share(df: pd.DataFrame, columns: list[str]) -> float:
     if df.empty or not cols:
         return 0.0
     return float(df[cols].isna().all(axis=1).mean())
+
+
+def write_snapshot(df: pd.DataFrame, where: Path | str, name: str) -> Path | str:
+    """Write the snapshot once under its content hash: to a local directory (a ReadWriteMany volume on a
+    cluster), or to an fsspec URI (``s3://bucket/prefix``) that every pod of a release reaches — never
+    only to a pod's own disk. The name is the hash, so an existing snapshot is the same bytes."""
+    text = str(where)
+    if "://" not in text or text.startswith("file://"):
+        out = Path(text.removeprefix("file://"))
+        out.mkdir(parents=True, exist_ok=True)
+        snapshot = out / name
+        if not snapshot.exists():
+            tmp = snapshot.with_suffix(".tmp")
+            df.to_parquet(tmp, index=False)
+            tmp.replace(snapshot)
+        return snapshot
+    import fsspec
+
+    try:
+        fs, _, (root,) = fsspec.get_fs_token_paths(text.rstrip("/"))
+    except (ImportError, ValueError) as exc:
+        raise KeelError(f"KEEL_SNAPSHOT_URI={text}: no filesystem for it ({exc}); expected a directory or a "
+                        "URI whose fsspec backend is installed (s3:// needs s3fs)") from None
+    path = f"{root}/{name}"
+    if not fs.exists(path):
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{path}.tmp", "wb") as fh:
+            df.to_parquet(fh, index=False)
+        fs.mv(f"{path}.tmp", path)
+    return f"{text.rstrip('/')}/{name}"

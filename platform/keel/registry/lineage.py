@@ -44,6 +44,7 @@ def lineage_tags(ts: Any) -> dict[str, str]:
         f"{TAG}training_window_start": ts.window_start.isoformat(),
         f"{TAG}training_window_end": ts.window_end.isoformat(),
         f"{TAG}training_set_hash": ts.snapshot_hash,
+        f"{TAG}training_set_uri": str(ts.snapshot) if getattr(ts, "snapshot", None) else "",
         f"{TAG}training_rows": str(len(ts.frame)),
         f"{TAG}features": ",".join(ts.features),
         f"{TAG}entity_keys": ",".join(ts.entity_keys),
