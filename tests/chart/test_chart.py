@@ -121,7 +121,7 @@ def test_profile_validates_against_kubernetes_and_crd_schemas(tmp_path: Path, na
 
 EXPECTED_KINDS = {
     "minimal": {"InferenceService": 1, "StatefulSet": 2, "CronJob": 1, "Job": 1},
-    "production-ha": {"InferenceService": 2, "ScaledObject": 2, "PodDisruptionBudget": 3, "PriorityClass": 2,
+    "production-ha": {"InferenceService": 2, "ScaledObject": 1, "PodDisruptionBudget": 3, "PriorityClass": 2,
                       "Role": 3, "RoleBinding": 3, "ServiceAccount": 2, "CronJob": 2},
     "gpu": {"InferenceService": 2, "ScaledObject": 1, "CronJob": 1},
     "rayserve": {"RayService": 2, "CronJob": 2},
@@ -308,15 +308,35 @@ def test_inference_service_carries_a_valid_serve_spec(tmp_path: Path) -> None:
 
 
 def test_kserve_model_with_headroom_gets_a_keda_scaledobject(tmp_path: Path) -> None:
-    docs = values(tmp_path, {"models": [{"name": "fraud", "minReplicas": 0, "maxReplicas": 3}]})
+    docs = values(tmp_path, {"models": [{"name": "fraud", "minReplicas": 1, "maxReplicas": 3}]})
     so = one(docs, "ScaledObject")
     assert so["spec"]["scaleTargetRef"]["name"] == "keel-fraud-predictor"
-    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (0, 3)
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
     queries = jmespath.search("spec.triggers[].metadata.query", so)
     assert queries == ['sum(rate(keel_requests_total{namespace="ml",model="fraud"}[1m]))',
                        'sum(keel_inflight_requests{namespace="ml",model="fraud"})']
     assert one(docs, "InferenceService")["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
     assert not [d for d in render(tmp_path, "--set", "models[0].name=fraud") if d["kind"] == "ScaledObject"]
+
+
+def test_scale_to_zero_needs_a_component_that_holds_requests(tmp_path: Path) -> None:
+    """minReplicas 0 is refused unless something holds the first request while a replica starts: KServe's
+    Serverless mode (Knative's activator) or Ray Serve's proxy. A KEDA ScaledObject can't: its metrics
+    come from the model's own pods, which a model at zero replicas does not have."""
+    err = fails(tmp_path, {"models": [{"name": "fraud", "minReplicas": 0, "maxReplicas": 3}]})
+    assert "/models/0" in err and "missing property 'serverless'" in err
+    docs = values(tmp_path, {"models": [{"name": "fraud", "minReplicas": 0, "maxReplicas": 3, "serverless": True},
+                                        {"name": "churn", "runtime": "ray", "minReplicas": 0, "maxReplicas": 2}]})
+    isvc = one(docs, "InferenceService")
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless",
+                                               "autoscaling.knative.dev/target-burst-capacity": "0"}
+    pred = isvc["spec"]["predictor"]
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (0, 3)
+    assert (pred["scaleMetric"], pred["scaleTarget"]) == ("concurrency", 8)
+    assert [p["name"] for p in pred["containers"][0]["ports"]] == ["http1"]  # Knative takes one port
+    assert not [d for d in docs if d["kind"] in ("ScaledObject", "PodDisruptionBudget")]
+    serve = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["deployments"][0]["autoscaling_config"]["min_replicas"] == 0
 
 
 def test_ray_model_renders_a_rayservice_with_fractional_gpus(tmp_path: Path) -> None:

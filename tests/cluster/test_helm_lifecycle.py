@@ -111,3 +111,15 @@ def test_two_releases_share_a_namespace_and_more_share_the_cluster(kubeconfig: P
     assert {"alpha-keel-serving", "beta-keel-serving", "gamma-keel-serving"} <= {p.metadata.name for p in pcs}
     for release, ns in (("alpha", namespace), ("beta", namespace), ("gamma", other), ("keel", other)):
         assert helm(kubeconfig, tmp_path, "uninstall", release, "-n", ns, "--no-hooks").returncode == 0
+
+
+def test_a_scale_to_zero_model_is_accepted_by_the_inference_service_schema(kubeconfig: Path, namespace: str,
+                                                                           tmp_path: Path) -> None:
+    """KServe's own CRD takes the serverless predictor (minReplicas 0, concurrency target) as keel renders it."""
+    vals = tmp_path / "zero.yaml"
+    vals.write_text(yaml.safe_dump({"models": [{"name": "fraud", "minReplicas": 0, "maxReplicas": 3,
+                                                "serverless": True}]}))
+    docs = install(kubeconfig, tmp_path, "zero", namespace, "minimal", "-f", str(vals))
+    (isvc,) = [d for d in live(kubeconfig, docs, namespace) if d["kind"] == "InferenceService"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert (isvc["spec"]["predictor"]["minReplicas"], isvc["spec"]["predictor"]["scaleMetric"]) == (0, "concurrency")

@@ -30,6 +30,8 @@ def model_values(spec: Any, target: str, priority_class: str | None = None) -> d
         raise KeelError(f"--shadow is served by the local target only; target '{target}' supports --canary")
     entry: dict[str, Any] = {"name": spec.model, "runtime": RUNTIME_OF_TARGET[target], "alias": spec.alias,
                              "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas}
+    if target == "kserve" and spec.min_replicas == 0:
+        entry["serverless"] = True  # scale to zero on KServe is its Serverless mode (Knative holds requests)
     if spec.version:
         entry["version"] = str(spec.version)
     if priority_class:
