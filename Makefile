@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup demo test lint clean down lock bench help cluster-prereqs
+.PHONY: setup demo test lint clean down lock bench help cluster-prereqs images
 
 help:
 	@echo "make demo   - set up, start the local stack and run the platform's main job"
@@ -37,6 +37,11 @@ BENCH ?= quick
 bench: setup
 	@bash platform/scripts/setup.sh bench
 	@$(VENV)/bin/python -m bench.run --profile $(BENCH) $(if $(ONLY),--only $(ONLY),)
+
+# Container images (platform/Dockerfile) with buildah from a locally bootstrapped Debian base; needs root,
+# `apt-get install buildah debootstrap`, ~15 min. Never part of `make test`.
+images:
+	bash platform/scripts/images.sh
 
 lint: setup
 	@$(VENV)/bin/ruff check .
