@@ -96,3 +96,18 @@ def test_every_setting_is_a_documented_keel_variable() -> None:
     names = {r[0] for r in rows}
     assert {f"KEEL_{f.upper()}" for f in Settings.model_fields} <= names
     assert all(r[2] for r in rows), "every variable needs a description"
+
+
+def test_every_local_service_keeps_its_state_in_its_own_home(tmp_path: Path) -> None:
+    """Two stacks on one machine share nothing on disk: no service falls back to a machine-wide default
+    (Debian's Pushgateway persists to /var/lib/prometheus/pushgateway.data unless told otherwise, which
+    sent one stack's drift metrics, and alerts, into the next stack started)."""
+    from keel.stack.services import build_services, retraining_services
+
+    s = load_settings(home=tmp_path / "keel")
+    services = [*build_services(s).values(), *retraining_services(s)]
+    push = next(x for x in services if x.name == "pushgateway")
+    assert f"--persistence.file={s.home / 'pushgateway.data'}" in push.command
+    for svc in services:
+        for arg in svc.command:
+            assert "/var/lib" not in arg, (svc.name, arg)

@@ -149,7 +149,11 @@ def build_services(s: Settings) -> dict[str, Service]:
             "pushgateway",
             s.pushgateway_port,
             f"http://{h}:{s.pushgateway_port}",
-            ["prometheus-pushgateway", f"--web.listen-address={h}:{s.pushgateway_port}"],
+            # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: one file for every
+            # stack on the machine, so one stack's pushed drift metrics came back in another's (and fired
+            # its alerts). Each stack keeps its own, in its home.
+            ["prometheus-pushgateway", f"--web.listen-address={h}:{s.pushgateway_port}",
+             f"--persistence.file={home / 'pushgateway.data'}"],
             "http:/-/ready",
         ),
         Service(
