@@ -22,7 +22,8 @@ def _writer(uri: str, worker: int, n: int) -> None:
 def test_concurrent_pods_append_to_one_table_in_order(postgres: str) -> None:
     """Four processes (the controller, DAG pods, CLIs of a release) append at once: nothing is lost, and
     each writer's records come back in the order it wrote them."""
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(postgres, w, 25)) for w in range(4)]
+    # fork: the children start at once (spawn re-imports keel: ~10 s of the suite); no engine exists yet to share
+    procs = [mp.get_context("fork").Process(target=_writer, args=(postgres, w, 25)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
