@@ -132,7 +132,10 @@ def _rollout_cluster(settings: Settings, model: str, run_id: str, decision: dict
 
     kind = settings.deploy_target
     if kind == "cluster":  # each model on its own runtime, as the spec (and the chart's models) say
-        kind = {"kserve": "kserve", "ray": "rayserve"}[settings.spec().model(model).serving.runtime]
+        from keel.serving.cluster import RUNTIME_OF_TARGET
+
+        runtime = settings.spec().model(model).serving.runtime
+        kind = next(t for t, r in RUNTIME_OF_TARGET.items() if r == runtime)
     target = ClusterTarget(settings, kind)
     if target.current(model) is None:
         return {"outcome": "promoted", "champion": decision["champion"], "deployed": False}
