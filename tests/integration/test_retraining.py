@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,9 +84,12 @@ def _triggers(s: Settings) -> list[dict[str, Any]]:
     return _json(f"{s.controller_url}/v1/triggers?model={MODEL}", token=s.token())
 
 
-def _post_alert(s: Settings, fingerprint_hint: str) -> None:
+def _post_alert(s: Settings, fingerprint_hint: str, version: str = "1") -> None:
+    """A drift alert as the drift job raises it: labelled with the served version. Alertmanager groups by
+    (alertname, model, version), and a new alert in a group that already fired waits for the group's next
+    flush (group_interval, 1m) — so an alert about a new champion is a new group, sent after group_wait."""
     now = datetime.now(UTC)
-    alert = {"labels": {"alertname": "KeelDatasetDrift", "category": "drift", "model": MODEL, "version": "1",
+    alert = {"labels": {"alertname": "KeelDatasetDrift", "category": "drift", "model": MODEL, "version": version,
                         "severity": "ticket", "test": fingerprint_hint},
              "annotations": {"summary": f"Data drift on {MODEL} v1"},
              "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=30)).isoformat()}
@@ -158,17 +162,89 @@ def test_an_alert_during_an_airflow_outage_fires_once_airflow_is_back(loop: Sett
     # Airflow for the run's end, which it cannot do while Airflow is down) would make this alert a duplicate
     n = len(_triggers(s))
     _wait("earlier triggers to finish", lambda: _finished(s, n) is not None, 120)
+    from keel.registry.client import Registry
+
     st.stop("airflow")
-    _post_alert(s, "outage")
+    _post_alert(s, "outage", Registry(s).resolve(MODEL, "champion").version)
     try:
+        # Alertmanager delivers within group_wait for a new group, but within group_interval (1m) when the
+        # champion's group already fired (run alone, this test alerts on v1 as the first test did)
+        _wait("the alert to reach the controller", lambda: len(_triggers(s)) > n, 90)
         pending = _wait("the trigger to be queued and retried", lambda: [
-            t for t in _triggers(s)[n:] if t["state"] == "pending" and t["attempts"] >= 1], 60)
+            t for t in _triggers(s)[n:] if t["state"] == "pending" and t["attempts"] >= 1], 30)
     except AssertionError as exc:  # say what the controller holds, not only that it timed out
         raise AssertionError(f"{exc}; the controller's triggers for {MODEL}: {_triggers(s)}") from None
     assert "unreachable" in pending[0]["error"] or "HTTP" in pending[0]["error"]
+    # the manual path (the README's `keel retrain`) checks the model against the real registry, then
+    # meets the same queue: one open retrain per model
+    manual = run_keel(["retrain", MODEL, "--reason", "new labels"], s)
+    assert manual.returncode == 0, manual.stderr
+    assert manual.stdout.strip() == (f"retrain of {MODEL} already pending (deduplicated): trigger {pending[0]['id']},"
+                                     f" DAG run {pending[0]['run_id']}")
+    ghost = run_keel(["retrain", "ghost"], s)
+    assert ghost.returncode != 0 and len(ghost.stderr.strip().splitlines()) == 1, ghost.stderr
+    assert "unknown model 'ghost'" in ghost.stderr and MODEL in ghost.stderr
     st.up(["airflow"])
     done = _wait("the kept trigger to run", lambda: _finished(s, n + 1), 480)
     assert done[-1]["id"] == pending[0]["id"] and done[-1]["state"] == "done"
+
+
+def test_a_model_without_a_dag_is_refused_then_given_up(loop: Settings) -> None:
+    """A registered model with no retraining DAG (not in the spec): Airflow answers 404; the trigger is
+    retried a bounded number of times, then closed as rejected with Airflow's answer, and audited. An
+    alert for a model that is not registered at all is refused up front with 422."""
+    from keel.registry.client import Registry
+
+    s = loop
+    Registry(s).client.create_registered_model("orphan")
+    queued = run_keel(["retrain", "orphan"], s)
+    assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
+    closed = _wait("the refused trigger to be given up", lambda: [
+        t for t in _json(f"{s.controller_url}/v1/triggers?model=orphan", token=s.token()) if t["state"] == "failed"],
+        120)
+    assert closed[0]["outcome"] == "rejected" and "HTTP 404" in closed[0]["error"], closed
+    assert "retrain-failed" in _actions(s)
+    alert = {"alerts": [{"status": "firing", "labels": {"alertname": "KeelDatasetDrift", "model": "ghost"}}]}
+    try:
+        _json(f"{s.controller_url}/v1/alerts", alert, token=s.token(), method="POST")
+        raise AssertionError("an alert for an unregistered model was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 422 and "unknown model 'ghost'" in json.loads(exc.read())["error"]
+
+
+def test_the_stack_home_is_private_and_no_log_holds_a_secret(loop: Settings) -> None:
+    """KEEL_HOME is 0700; what the services wrote (their databases, logs, the password file, prediction
+    logs) is the owner's only; neither the Airflow password nor the controller's token is in any log."""
+    import stat
+
+    s = loop
+    assert stat.S_IMODE(s.home.stat().st_mode) == 0o700
+    written = [s.home / "airflow" / "simple_auth_manager_passwords.json.generated", s.home / "airflow" / "airflow.db",
+               s.home / "controller" / "triggers.db", s.home / "mlflow" / "mlflow.db", s.audit_log,
+               *(s.home / "logs").glob("*.log"), *(s.home / "predictions").rglob("*.parquet")]
+    assert len(written) > 12, written
+    readable = {str(p.relative_to(s.home)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
+                if p.stat().st_mode & 0o077}
+    assert not readable, f"readable by others: {readable}"
+    secrets = {"the Airflow password": s.airflow_secret(), "the controller token": s.token()}
+    for log in [*(s.home / "logs").glob("*.log"), *(s.home / "airflow" / "logs").rglob("*.log")]:
+        text = log.read_text(errors="replace")
+        for what, value in secrets.items():
+            assert value not in text, f"{what} is printed in {log.relative_to(s.home)}"
+
+
+def test_every_listener_of_the_stack_is_on_loopback(loop: Settings) -> None:
+    """All of the stack (Airflow's API server, scheduler, triggerer and DAG processor, the controller,
+    MLflow, Redis, Prometheus, Alertmanager, the Pushgateway, a KServe deployment) listens on 127.0.0.1
+    only; Airflow's log servers (which would bind every interface) are not started."""
+    from tests.listeners import listeners, off_loopback
+
+    s = loop
+    pgids = Stack(s).pgids()
+    ports = {port for _, _, _, port in listeners(pgids)}
+    assert {s.airflow_port, s.controller_port, s.mlflow_port, s.redis_port, s.prometheus_port} <= ports, ports
+    assert not off_loopback(pgids), off_loopback(pgids)
+    assert not {s.airflow_port + 1, s.airflow_port + 2} & ports, "Airflow's log servers are running"
 
 
 def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:

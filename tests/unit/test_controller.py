@@ -25,10 +25,13 @@ class StandInAirflow:
     def __init__(self) -> None:
         self.up = True
         self.runs: dict[str, str] = {}
+        self.refusal: int | None = None  # an HTTP 4xx Airflow answers every submission with
 
     def trigger(self, dag: str, run_id: str, conf: dict[str, Any]) -> str:
         if not self.up:
             raise AirflowError("Airflow at http://127.0.0.1:1 is unreachable (connection refused)")
+        if self.refusal:
+            raise AirflowError(f"POST /api/v2/dags/{dag}/dagRuns: HTTP {self.refusal} not found", permanent=True)
         self.runs.setdefault(run_id, "running")
         return run_id
 
@@ -96,7 +99,7 @@ def test_identical_alerts_make_one_trigger_and_one_run(controller: Any) -> None:
     for _ in range(3):
         assert call(f"{url}/v1/alerts", {"alerts": [drift_alert()]})[0] == 202
     ignored = {"alerts": [drift_alert(status="resolved"), {**drift_alert(), "labels": {"alertname": "Other"}}]}
-    assert call(f"{url}/v1/alerts", ignored)[1] == {"triggers": []}
+    assert call(f"{url}/v1/alerts", ignored)[1] == {"triggers": [], "rejected": []}
     assert len(ctl.queue.all("fraud")) == 1
     ctl.work_once()
     ctl.work_once()
@@ -148,3 +151,56 @@ def test_manual_retrain_validates_the_model(controller: Any) -> None:
     status, out = call(f"{url}/v1/retrain", {"model": "churn", "reason": "new labels"})
     assert status == 202 and out["new"] and out["run_id"].startswith("keel__churn__")
     assert dag_id("churn") == "keel_retrain__churn"
+
+
+def test_a_negative_content_length_is_refused_at_once(controller: Any) -> None:
+    import socket
+
+    port = int(controller[2].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"POST /v1/alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Length: -1\r\n\r\n{}".encode())
+        answer = sock.recv(4096).decode()  # within the 5 s timeout, not when the client gives up
+    assert answer.startswith("HTTP/1.0 400") and "Content-Length: '-1' is not a byte count" in answer
+
+
+def test_alerts_for_unregistered_models_are_rejected_with_422(controller: Any) -> None:
+    ctl, _, url = controller
+    status, out = call(f"{url}/v1/alerts", {"alerts": [drift_alert("ghost")]})
+    assert status == 422 and out["error"] == "alerts[0].labels.model: unknown model 'ghost'; registered: churn, fraud"
+    status, out = call(f"{url}/v1/alerts", {"alerts": [drift_alert("ghost"), drift_alert("fraud")]})
+    assert status == 202 and [t["model"] for t in out["triggers"]] == ["fraud"] and "'ghost'" in out["rejected"][0]
+    assert [t.model for t in ctl.queue.all()] == ["fraud"]
+
+
+def test_an_unreachable_registry_queues_the_alert_rather_than_losing_it(tmp_path: Path) -> None:
+    def down() -> list[str]:
+        raise ConnectionError("MLflow at http://127.0.0.1:1 is unreachable")
+
+    ctl = Controller(TriggerQueue(tmp_path / "q.db"), StandInAirflow(), AuditLog(tmp_path / "a.jsonl"),  # type: ignore[arg-type]
+                     known_models=down)
+    assert ctl.on_alerts({"alerts": [drift_alert()]})[0][0]["new"]
+    ctl.queue.close()
+
+
+def test_a_trigger_airflow_keeps_refusing_is_given_up_and_recorded(controller: Any) -> None:
+    ctl, airflow, url = controller
+    call(f"{url}/v1/alerts", {"alerts": [drift_alert()]})
+    airflow.up = False  # outages do not count towards giving up
+    for _ in range(3):
+        ctl.work_once()
+        ctl.queue.retry_later(ctl.queue.all()[0], "forced due now", now=0)
+    airflow.up, airflow.refusal = True, 404
+    for _ in range(ctl.max_refusals):
+        (t,) = ctl.queue.all()
+        assert t.state == "pending"
+        ctl.work_once()
+        if ctl.queue.all()[0].state == "pending":
+            ctl.queue.retry_later(ctl.queue.all()[0], ctl.queue.all()[0].error or "", now=0)
+    (t,) = ctl.queue.all()
+    assert (t.state, t.outcome, t.refusals) == ("failed", "rejected", ctl.max_refusals)
+    assert t.error.startswith(f"Airflow refused the run {ctl.max_refusals} times") and "HTTP 404" in t.error
+    last = json.loads(Path(ctl.audit.path).read_text().splitlines()[-1])
+    assert (last["action"], last["details"]["outcome"]) == ("retrain-failed", "rejected")
+    ctl.work_once()
+    assert not airflow.runs

@@ -33,7 +33,7 @@ def controller(ctx: click.Context, host: str | None, port: int | None) -> None:
     def known() -> list[str]:
         from keel.registry.client import Registry
 
-        return [m["name"] for m in Registry(s).models()]
+        return Registry(s).model_names()
 
     ctl = Controller(queue, airflow, s.audit(), known_models=known)
     bind = host or s.listen_host

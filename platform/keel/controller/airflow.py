@@ -10,7 +10,17 @@ from typing import Any
 
 
 class AirflowError(Exception):
-    """Airflow refused or could not be reached; the trigger stays queued."""
+    """Airflow refused or could not be reached; the trigger stays queued.
+
+    ``permanent`` marks a refusal that retrying cannot change (a 4xx such as 404 for a DAG Airflow does not
+    have, or 400/422 for a conf it will not take), as opposed to an outage or a 5xx."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+RETRYABLE_4XX = (401, 403, 408, 425, 429)  # auth may be mid-rotation; the rest say "try later"
 
 
 class Airflow:
@@ -33,8 +43,8 @@ class Airflow:
             if exc.code == 401 and auth and self._token:
                 self._token = None  # expired: log in again, once
                 return self._call(method, path, body)
-            raise AirflowError(f"{method} {path}: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}") \
-                from None
+            raise AirflowError(f"{method} {path}: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}",
+                               permanent=400 <= exc.code < 500 and exc.code not in RETRYABLE_4XX) from None
         except (urllib.error.URLError, OSError) as exc:
             raise AirflowError(f"Airflow at {self.url} is unreachable ({exc})") from None
 

@@ -25,6 +25,7 @@ from keel.controller.queue import Trigger, TriggerQueue
 from keel.registry.audit import AuditRecord, AuditStore
 
 log = logging.getLogger("keel.controller")
+MAX_BODY = 1_000_000
 RETRAIN_ALERTS = ("KeelDatasetDrift",)  # KeelDriftJobStale is category drift too, but retraining won't fix it
 
 
@@ -34,9 +35,10 @@ def dag_id(model: str) -> str:
 
 class Controller:
     def __init__(self, queue: TriggerQueue, airflow: Airflow, audit: AuditStore, actor: str = "keel-controller",
-                 known_models: Any = None) -> None:
+                 known_models: Any = None, max_refusals: int = 5) -> None:
         self.queue, self.airflow, self.audit, self.actor = queue, airflow, audit, actor
         self.known_models = known_models  # callable returning model names, or None to accept any
+        self.max_refusals = max_refusals  # permanent Airflow refusals (4xx) before a trigger is given up
         self.metrics = CollectorRegistry()
         self.alerts = Counter("keel_controller_alerts_total", "Alerts received, by what came of them", ["outcome"],
                               registry=self.metrics)
@@ -61,10 +63,23 @@ class Controller:
                                       details={"trigger": trigger.id, "source": source, "fingerprint": fingerprint}))
         return trigger, new
 
-    def on_alerts(self, payload: Any) -> list[dict[str, Any]]:
+    def known(self) -> list[str] | None:
+        """The registered models, or None when they cannot be told (no check configured, or the registry
+        is down: then an alert is queued rather than lost, and Airflow's answer decides)."""
+        if self.known_models is None:
+            return None
+        try:
+            return list(self.known_models())
+        except Exception as exc:
+            log.warning("cannot list registered models (%s); accepting the request unchecked", exc)
+            return None
+
+    def on_alerts(self, payload: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Queue the firing retraining alerts; returns what was queued and, per alert for a model that is
+        not registered, why it was rejected."""
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             raise ValueError("body: expected Alertmanager's webhook payload with an 'alerts' list")
-        out = []
+        wanted = []
         for i, alert in enumerate(payload["alerts"]):
             labels = alert.get("labels") if isinstance(alert, dict) else None
             if not isinstance(labels, dict):
@@ -73,11 +88,20 @@ class Controller:
             if alert.get("status") != "firing" or name not in RETRAIN_ALERTS or not model:
                 self.alerts.labels("ignored").inc()
                 continue
+            wanted.append((i, alert, str(name), str(model)))
+        known = self.known() if wanted else None
+        out, rejected = [], []
+        for i, alert, name, model in wanted:
+            if known is not None and model not in known:
+                self.alerts.labels("unknown_model").inc()
+                rejected.append(f"alerts[{i}].labels.model: unknown model '{model}'; registered: "
+                                f"{', '.join(sorted(known)) or '(none)'}")
+                continue
             summary = (alert.get("annotations") or {}).get("summary", name)
-            trigger, new = self.request(str(model), f"{name}: {summary}", "alertmanager",
+            trigger, new = self.request(model, f"{name}: {summary}", "alertmanager",
                                         str(alert.get("fingerprint", "")), self.actor)
             out.append({"model": model, "trigger": trigger.id, "new": new, "state": trigger.state})
-        return out
+        return out, rejected
 
     # -- worker --------------------------------------------------------------------------------
     def work_once(self) -> None:
@@ -85,7 +109,10 @@ class Controller:
             try:
                 self.airflow.trigger(dag_id(t.model), t.run_id, {"reason": t.reason, "trigger": t.id})
             except AirflowError as exc:
-                delay = self.queue.retry_later(t, str(exc))
+                if exc.permanent and t.refusals + 1 >= self.max_refusals:
+                    self._give_up(t, exc)
+                    continue
+                delay = self.queue.retry_later(t, str(exc), refused=exc.permanent)
                 self.submissions.labels("retry").inc()
                 log.warning("trigger %s for %s kept; retrying in %.0fs: %s", t.id, t.model, delay, exc)
                 continue
@@ -111,6 +138,17 @@ class Controller:
                                               model=t.model, alias="", from_version=None, to_version=None,
                                               actor=self.actor, reason=t.reason,
                                               details={"trigger": t.id, "dag_run_id": t.run_id, "outcome": outcome}))
+
+    def _give_up(self, t: Trigger, exc: AirflowError) -> None:
+        error = f"Airflow refused the run {t.refusals + 1} times: {exc}"
+        self.queue.give_up(t, error)
+        self.submissions.labels("rejected").inc()
+        self.runs.labels(t.model, "rejected").inc()
+        log.error("trigger %s for %s given up: %s", t.id, t.model, error)
+        self.audit.append(AuditRecord(action="retrain-failed", model=t.model, alias="", from_version=None,
+                                      to_version=None, actor=self.actor, reason=t.reason,
+                                      details={"trigger": t.id, "dag": dag_id(t.model), "outcome": "rejected",
+                                               "error": error[:500]}))
 
     def _outcome(self, t: Trigger) -> str:
         """promoted, refused or rolled_back: what the rollout task returned."""
@@ -164,9 +202,12 @@ def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHand
             return ok
 
         def _json(self) -> Any:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > 1_000_000:
-                raise ValueError(f"body: {n} bytes is too large (at most 1000000)")
+            raw = (self.headers.get("Content-Length") or "0").strip()
+            if not raw.isdigit():  # "-1" or "abc" would make the read hang or fail after the fact
+                raise ValueError(f"Content-Length: {raw!r} is not a byte count; expected a non-negative integer")
+            n = int(raw)
+            if n > MAX_BODY:
+                raise ValueError(f"body: {n} bytes is too large (at most {MAX_BODY})")
             try:
                 return json.loads(self.rfile.read(n) or b"null")
             except json.JSONDecodeError as exc:
@@ -195,11 +236,15 @@ def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHand
             try:
                 body = self._json()
                 if path == "/v1/alerts":
-                    self._send(202, {"triggers": controller.on_alerts(body)})
+                    queued, rejected = controller.on_alerts(body)
+                    if rejected and not queued:  # 4xx: Alertmanager does not retry it, and it says why
+                        self._send(422, {"error": "; ".join(rejected), "triggers": []})
+                    else:
+                        self._send(202, {"triggers": queued, "rejected": rejected})
                     return
                 if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
                     raise ValueError("model: expected a non-empty string")
-                known = controller.known_models() if controller.known_models else None
+                known = controller.known()
                 if known is not None and body["model"] not in known:
                     self._send(404, {"error": f"unknown model '{body['model']}'; valid choices: "
                                               f"{', '.join(sorted(known)) or '(none registered)'}"})

@@ -20,7 +20,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triggers (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, reason TEXT NOT NULL, source TEXT NOT NULL,
     fingerprint TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
-    next_attempt REAL NOT NULL, dag_run_id TEXT, error TEXT, updated REAL NOT NULL, outcome TEXT
+    next_attempt REAL NOT NULL, dag_run_id TEXT, error TEXT, updated REAL NOT NULL, outcome TEXT,
+    refusals INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS triggers_model ON triggers (model, created);
 """
@@ -41,6 +42,7 @@ class Trigger:
     dag_run_id: str | None
     error: str | None
     outcome: str | None = None
+    refusals: int = 0  # how many times Airflow refused it for good (4xx), as opposed to being down
 
     @property
     def run_id(self) -> str:
@@ -56,10 +58,17 @@ class TriggerQueue:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(triggers)")}
+        if "refusals" not in columns:  # a queue written before refusals were counted
+            self._db.execute("ALTER TABLE triggers ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")
 
     def _rows(self, sql: str, *args: object) -> list[Trigger]:
+        with self._lock:  # one connection for the HTTP threads and the worker: one statement at a time
+            return self._rows_locked(sql, *args)
+
+    def _rows_locked(self, sql: str, *args: object) -> list[Trigger]:
         cur = self._db.execute(f"SELECT id, model, reason, source, fingerprint, created, state, attempts, "
-                               f"next_attempt, dag_run_id, error, outcome FROM triggers {sql}", args)
+                               f"next_attempt, dag_run_id, error, outcome, refusals FROM triggers {sql}", args)
         return [Trigger(*r) for r in cur.fetchall()]
 
     def offer(self, model: str, reason: str, source: str, fingerprint: str,
@@ -68,11 +77,13 @@ class TriggerQueue:
         the trigger that stands for this request and whether it is new."""
         now = time.time() if now is None else now
         with self._lock:
-            latest = self._rows("WHERE model = ? ORDER BY created DESC LIMIT 1", model)
+            latest = self._rows_locked("WHERE model = ? ORDER BY created DESC LIMIT 1", model)
             if latest and (latest[0].state in OPEN_STATES or now - latest[0].created < self.cooldown_s):
                 return latest[0], False
             t = Trigger(uuid.uuid4().hex[:12], model, reason, source, fingerprint, now, "pending", 0, now, None, None)
-            self._db.execute("INSERT INTO triggers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute("INSERT INTO triggers (id, model, reason, source, fingerprint, created, state, "
+                             "attempts, next_attempt, dag_run_id, error, updated, outcome, refusals) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                              (t.id, t.model, t.reason, t.source, t.fingerprint, t.created, t.state, t.attempts,
                               t.next_attempt, t.dag_run_id, t.error, now, None))
             return t, True
@@ -90,17 +101,26 @@ class TriggerQueue:
         return self._rows("ORDER BY created")
 
     def pending_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM triggers WHERE state = 'pending'").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM triggers WHERE state = 'pending'").fetchone()[0])
 
     def submitted(self, t: Trigger) -> None:
         self._set(t.id, state="running", dag_run_id=t.run_id, error=None)
 
-    def retry_later(self, t: Trigger, error: str, now: float | None = None) -> float:
-        """Back off exponentially (2 s doubling, at most 60 s) and keep the trigger pending."""
+    def retry_later(self, t: Trigger, error: str, now: float | None = None, refused: bool = False) -> float:
+        """Back off exponentially (2 s doubling, at most 60 s) and keep the trigger pending; ``refused``
+        counts a permanent refusal (see :meth:`give_up`)."""
         now = time.time() if now is None else now
         delay = min(60.0, 2.0 ** (t.attempts + 1))
-        self._set(t.id, attempts=t.attempts + 1, next_attempt=now + delay, error=error[:500])
+        self._set(t.id, attempts=t.attempts + 1, next_attempt=now + delay, error=error[:500],
+                  refusals=t.refusals + int(refused))
         return delay
+
+    def give_up(self, t: Trigger, error: str) -> None:
+        """Close a trigger Airflow keeps refusing for good (e.g. a model with no retraining DAG: retried a
+        few times first, since a model just added to the spec has its DAG once Airflow re-parses the file)."""
+        self._set(t.id, state="failed", outcome="rejected", attempts=t.attempts + 1, refusals=t.refusals + 1,
+                  error=error[:500])
 
     def finished(self, t: Trigger, state: str, outcome: str, error: str | None = None) -> None:
         self._set(t.id, state=state, outcome=outcome, error=error)
