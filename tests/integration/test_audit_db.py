@@ -67,3 +67,47 @@ def test_an_unreachable_audit_database_is_one_line_without_its_password(tmp_path
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "audit database postgresql+psycopg://keel:***@127.0.0.1" in lines[0], out.stderr
     assert "hunter2secret" not in out.stderr + out.stdout
+
+
+def _hold(uri: str, model: str, ready: object, release: object) -> None:
+    with AuditDB(uri).lock(model):
+        ready.set()  # type: ignore[attr-defined]
+        release.wait(60)  # type: ignore[attr-defined]
+
+
+def test_the_alias_lock_is_one_holder_at_a_time_across_processes(postgres: str, tmp_path: Path) -> None:
+    """Postgres' advisory lock (what pods share) and the local file lock: while one process holds a
+    model's lock another waits and then gives up with one line naming the model; other models are free,
+    and the lock is free again once its holder is done."""
+    import pytest
+
+    from keel.errors import KeelError
+    from keel.registry.audit import AuditLog
+
+    ctx = mp.get_context("fork")
+    for store, uri in ((AuditDB(postgres), postgres), (AuditLog(tmp_path / "audit.jsonl"), None)):
+        ready, release = ctx.Event(), ctx.Event()
+        holder = ctx.Process(target=_hold if uri else _hold_file, args=(uri or str(tmp_path / "audit.jsonl"),
+                                                                        "m1", ready, release))
+        holder.start()
+        try:
+            assert ready.wait(60)
+            with pytest.raises(KeelError, match="another alias change of model 'm1' has held its lock"), \
+                    store.lock("m1", timeout=1.0):
+                pass
+            with store.lock("m2", timeout=1.0):
+                pass
+        finally:
+            release.set()
+            holder.join(60)
+        assert holder.exitcode == 0
+        with store.lock("m1", timeout=5.0):
+            pass
+
+
+def _hold_file(path: str, model: str, ready: object, release: object) -> None:
+    from keel.registry.audit import AuditLog
+
+    with AuditLog(Path(path)).lock(model):
+        ready.set()  # type: ignore[attr-defined]
+        release.wait(60)  # type: ignore[attr-defined]

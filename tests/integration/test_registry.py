@@ -145,3 +145,53 @@ def test_models_list_and_show_formats(registry: Registry, stack_settings: Settin
     assert table.splitlines()[0].split()[:3] == ["NAME", "CHAMPION", "CHALLENGER"]
     shown = run_keel(["models", "show", "fraud_gate", "-o", "yaml"], stack_settings)
     assert shown.returncode == 0 and "feature_service: fraud_model_v1" in shown.stdout
+
+
+def test_a_promotion_and_a_rollback_released_together_keep_one_audit_chain(
+        stack_settings: Settings, training_set: TrainingSet, models) -> None:
+    """Two SDK clients, a promotion and a rollback released by a barrier, 20 rounds: every champion change
+    is recorded from the version it really replaced, no record is a no-op, and the last one names the
+    champion the registry holds."""
+    import itertools
+    import threading
+
+    good, bad = models
+    name = "fraud_race"
+    first = Registry(stack_settings)
+    v1 = first.register(good.model, name, training_set, good.holdout, good.metrics).version
+    first.promote(name, reason="first")
+    v2 = first.register(bad.model, name, training_set, bad.holdout, bad.metrics).version
+    first.promote(name, force=True, reason="second")  # history 1,2: a rollback has somewhere to go
+    clients = [Registry(stack_settings), Registry(stack_settings)]
+    outcomes: dict[str, int] = {}
+    for _ in range(20):
+        champion = first.resolve(name, "champion").version
+        first.client.set_registered_model_alias(name, "challenger", v1 if champion == v2 else v2)
+        barrier = threading.Barrier(2)
+
+        def run(call: str, reg: Registry, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                if call == "promote":
+                    reg.promote(name, force=True, reason="race")
+                else:
+                    reg.rollback(name, reason="race")
+                outcomes[call] = outcomes.get(call, 0) + 1
+            except KeelError as exc:  # a change the other one made moot: refused, not half-done
+                outcomes[f"{call} refused"] = outcomes.get(f"{call} refused", 0) + 1
+                assert "already the champion" in str(exc) or "no previous champion" in str(exc), exc
+
+        threads = [threading.Thread(target=run, args=(c, r)) for c, r in zip(("promote", "rollback"), clients,
+                                                                              strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    changes = [r for r in first.audit.records(name) if r.alias == "champion" and r.action != "promote-refused"]
+    assert len(changes) >= 2 + 20, outcomes  # each round changes the champion at least once
+    for earlier, later in itertools.pairwise(changes):
+        assert later.from_version == earlier.to_version, (earlier, later)
+    assert all(r.from_version != r.to_version for r in changes)
+    assert changes[-1].to_version == first.resolve(name, "champion").version
+    history = first.show(name)["champion_history"]
+    assert history[-1] == changes[-1].to_version and all(a != b for a, b in itertools.pairwise(history))

@@ -7,14 +7,21 @@ Two stores behind one interface (``append``, ``records``):
 - ``AuditDB``, on a cluster: a table in the platform database (the chart's Postgres), because the
   controller, the DAG pods and every CLI write to it from different pods that share no disk. Each append
   is one committed INSERT; the order is the database's sequence, which concurrent writers cannot tear.
+
+Both also give ``lock(model)``: the one serialization point for a model's alias changes. MLflow has no
+compare-and-set on aliases, so two promotions or a promotion and a rollback released together would each
+read the same champion and both write; whoever holds the audit store's lock reads, changes and records
+alone (a file lock next to the log; a Postgres advisory lock, or a row lock elsewhere).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +44,38 @@ class AuditRecord:
     details: dict[str, object] = field(default_factory=dict)
 
 
+LOCK_TIMEOUT_S = 120.0
+
+
+def _busy(model: str, waited: float) -> KeelError:
+    return KeelError(f"another alias change of model '{model}' has held its lock for {waited:.0f}s; "
+                     "try again when it has finished")
+
+
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @contextlib.contextmanager
+    def lock(self, model: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold model's alias-change lock (released by the kernel if the holder dies)."""
+        locks = self.path.parent / "locks"
+        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(locks / f"{hashlib.sha256(model.encode()).hexdigest()[:24]}.lock", os.O_RDWR | os.O_CREAT,
+                     0o600)
+        try:
+            start = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - start > timeout:
+                        raise _busy(model, time.monotonic() - start) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def append(self, record: AuditRecord) -> AuditRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +151,38 @@ class AuditDB:
             raise KeelError(f"audit database {where} is not reachable or does not exist "
                             f"({str(exc.orig).strip().splitlines()[0]}); create it, or unset KEEL_AUDIT_DB "
                             "to keep the audit log in KEEL_HOME") from None
+
+    @contextlib.contextmanager
+    def lock(self, model: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold model's alias-change lock: ``pg_advisory_xact_lock`` on Postgres, for one transaction of its
+        own (released when it ends or its connection dies; appends meanwhile go through other connections
+        unhindered); on SQLite, whose writers would queue behind that transaction, a file lock beside the
+        database file."""
+        sa = self._sa
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            database = self.engine.url.database
+            if not database or database == ":memory:":
+                raise KeelError("KEEL_AUDIT_DB: an in-memory SQLite database cannot serialize alias changes")
+            with AuditLog(Path(database)).lock(model, timeout):
+                yield
+            return
+        if dialect != "postgresql":
+            raise KeelError(f"KEEL_AUDIT_DB: alias changes are serialized on PostgreSQL or SQLite, not {dialect}")
+        key = int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "big", signed=True)
+        start = time.monotonic()
+        with self._errors(), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{int(timeout * 1000)}ms"})
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            except sa.exc.OperationalError as exc:
+                if "lock timeout" not in str(exc):
+                    raise
+                raise _busy(model, time.monotonic() - start) from None
+            try:
+                yield
+            finally:
+                conn.rollback()  # ends the transaction, and the lock with it
 
     def append(self, record: AuditRecord) -> AuditRecord:
         row = {"time": record.time, "action": record.action, "model": record.model,

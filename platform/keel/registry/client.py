@@ -88,9 +88,6 @@ class Registry:
             self._client = mlflow.MlflowClient(tracking_uri=uri)
         return self._client
 
-    def model_names(self) -> list[str]:
-        return sorted(rm.name for rm in self.client.search_registered_models(max_results=1000))
-
     def _model(self, name: str) -> Any:
         client = self.client  # the health check comes before any MLflow import
         from mlflow.exceptions import MlflowException
@@ -291,9 +288,15 @@ class Registry:
                           m.not_worse(metric_name, c_score, p_score, tol, greater), holdout_hash)
 
     def promote(self, name: str, force: bool = False, reason: str = "", actor: str | None = None) -> VersionInfo:
-        """challenger → champion if the gate passes (or ``force`` with a reason)."""
+        """challenger → champion if the gate passes (or ``force`` with a reason). Under the model's alias
+        lock (``AuditStore.lock``): what is read, changed and recorded is one step, whoever else promotes or
+        rolls back at the same moment."""
         if force and not reason.strip():
             raise KeelError("--force needs --reason: say why the gate is being overridden")
+        with self.audit.lock(name):
+            return self._promote(name, force, reason, actor)
+
+    def _promote(self, name: str, force: bool, reason: str, actor: str | None) -> VersionInfo:
         chal = self._by_alias(name, CHALLENGER)
         if chal is None:
             raise NotFoundError("alias", CHALLENGER, self._model(name).aliases, of=f"model '{name}'")
@@ -324,22 +327,39 @@ class Registry:
         return self.version(name, chal.version)
 
     def rollback(self, name: str, reason: str = "", actor: str | None = None) -> VersionInfo:
-        """champion → the previous champion."""
-        history = self._history(name)
-        champ = self._by_alias(name, CHAMPION)
-        if champ is None:
-            raise KeelError(f"model '{name}' has no champion to roll back")
-        if len(history) < 2:
-            raise KeelError(f"model '{name}' has no previous champion to roll back to "
-                            f"(champion history: {', '.join(history) or 'empty'})")
-        target = history[-2]
-        self.version(name, target)  # still exists?
-        self.client.set_registered_model_alias(name, CHAMPION, target)
-        self.client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[:-1]))
-        self._record("rollback", name, CHAMPION, champ.version, target, reason=reason, actor=actor)
-        return self.version(name, target)
+        """champion → the previous champion (under the model's alias lock, like :meth:`promote`)."""
+        with self.audit.lock(name):
+            history = self._history(name)
+            champ = self._by_alias(name, CHAMPION)
+            if champ is None:
+                raise KeelError(f"model '{name}' has no champion to roll back")
+            if not history or history[-1] != champ.version:
+                raise KeelError(f"model '{name}': its champion history ({', '.join(history) or 'empty'}) does not "
+                                f"end with the champion v{champ.version}; promote the version you want instead")
+            earlier = list(history)
+            while earlier and earlier[-1] == champ.version:  # a rollback to the champion itself is no change
+                earlier.pop()
+            if not earlier:
+                raise KeelError(f"model '{name}' has no previous champion to roll back to "
+                                f"(champion history: {', '.join(history)})")
+            target = earlier[-1]
+            self.version(name, target)  # still exists?
+            self.client.set_registered_model_alias(name, CHAMPION, target)
+            self.client.set_registered_model_tag(name, HISTORY_TAG, ",".join(earlier))
+            self._record("rollback", name, CHAMPION, champ.version, target, reason=reason, actor=actor)
+            return self.version(name, target)
 
     # -- reading ------------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Every registered model's name (one registry call: what the controller checks requests against)."""
+        names, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            names += [rm.name for rm in page]
+            token = page.token
+            if not token:
+                return sorted(names)
+
     def models(self) -> list[dict[str, Any]]:
         rows = []
         for rm in self.client.search_registered_models(max_results=1000):
