@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PROFILES, Row, machine, say  # noqa: E402
 
-SCENARIOS = ("online", "saturation", "materialize", "pit", "drift")
+SCENARIOS = ("online", "saturation", "hang", "materialize", "pit", "drift")
 
 
 def _fmt(v: float) -> str:
@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return rows
 
         scenario("online/saturation", serving)
+    if "hang" in only:
+        from bench import faults, online
+
+        def hang() -> list[Row]:
+            with online.world(profile, t / "hang") as w:
+                return faults.run(profile, w)
+
+        scenario("hang", hang)
     if "materialize" in only:
         from bench import materialize
 

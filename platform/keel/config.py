@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     promotion_tolerance: float = Field(0.0, ge=0.0, description="how much worse a challenger may be")
     actor: str = Field(default_factory=_default_actor, description="who is recorded in audit records")
     feature_timeout_ms: float = Field(100.0, gt=0, description="serving: online-store call timeout")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="serving and feature server: the largest request "
+                                "body accepted (413 beyond it, before anything is parsed)")
     start_timeout: float = Field(90.0, gt=0, description="seconds to wait for a service to become healthy")
 
     @field_validator("home", "feature_repo", "project")

@@ -130,6 +130,13 @@ def test_unknown_feature_service_is_a_client_error(feature_server: str) -> None:
     assert http_ok(f"{feature_server}/health")  # a bad request does not hurt the server
 
 
+def test_oversized_bodies_are_413_before_parsing(feature_server: str) -> None:
+    from tests.integration.bodylimit import assert_bodies_bounded
+
+    assert_bodies_bounded(feature_server, "/get-online-features")
+    assert http_ok(f"{feature_server}/health")
+
+
 def test_apply_with_an_sql_registry(feature_data: dict[str, Path], stack_settings: Settings,
                                     tmp_path: Path) -> None:
     db = tmp_path / "registry.db"

@@ -144,6 +144,14 @@ v2_body = st.one_of(json_value, st.fixed_dictionaries({"inputs": st.lists(tensor
 raw = st.binary(max_size=40)
 
 
+def test_oversized_bodies_are_413_before_parsing(kserve_url: str) -> None:
+    from tests.integration.bodylimit import assert_bodies_bounded
+
+    for path in (f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"):
+        assert_bodies_bounded(kserve_url, path)
+    assert _post(kserve_url, {"instances": [{"customer_id": 1, "merchant_id": 1, "amount": 1.0}]}).status_code == 200
+
+
 def test_fuzz_http_api_never_5xx(kserve_url: str) -> None:
     """≥1,000 generated requests over V1 and V2 (valid, near-valid and garbage): never a 5xx."""
     seen: list[int] = []

@@ -14,6 +14,7 @@ import yaml
 from keel.config import Settings
 from keel.serving.core import Predictor
 from keel.serving.predlog import read
+from keel.stack import Stack
 from tests.conftest import ROOT, free_ports
 
 MODEL = "fraud_serve"
@@ -74,6 +75,37 @@ def test_bad_input_is_a_4xx_naming_the_field(ray_url: str) -> None:
         r = httpx.post(f"{ray_url}/v1/models/{MODEL}:predict", content=content, timeout=30)
         assert r.status_code == status and r.json()["field"] == field, r.text
     assert httpx.post(f"{ray_url}/v1/models/other:predict", json={"instances": []}).status_code == 404
+
+
+def test_oversized_bodies_are_413_before_parsing(ray_url: str) -> None:
+    from tests.integration.bodylimit import assert_bodies_bounded
+
+    for path in (f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"):
+        assert_bodies_bounded(ray_url, path)
+    # still serving (a readiness call: the graceful-stop test counts the predictions logged here)
+    assert httpx.get(f"{ray_url}/v1/models/{MODEL}", timeout=30).status_code == 200
+
+
+# Ray 2.60's own internal servers listen on every interface whatever node address they are given (gRPC:
+# GCS, raylet, object manager, core workers of the driver and each actor; the agents and the autoscaler
+# monitor's metrics): documented in the README ("Local security"). Everything keel serves does not.
+RAY_INTERNAL = ("/ray/core/src/ray/", "ray::", "/ray/dashboard/", "/ray/autoscaler/", "/ray/_private/")
+
+
+def test_every_listener_of_the_ray_runtime_is_on_loopback(ray_url: str, stack_settings: Settings) -> None:
+    """Serve's HTTP proxy (what keel serves) and every other service of the stack listen on 127.0.0.1;
+    what Ray's own processes open on other interfaces is only the documented list above."""
+    from tests.listeners import listeners, off_loopback
+
+    pgids = Stack(stack_settings).pgids()
+    port = int(ray_url.rsplit(":", 1)[1])
+    found = listeners(pgids)
+    assert [addr for _, _, addr, p in found if p == port] == ["127.0.0.1"], found
+    assert len(found) > 3, found  # Ray's own servers are seen, not only the proxy
+    ray_driver = {pid for pid, cmd, _, _ in found if "keel.serving.ray_runtime" in cmd}
+    outside = [x for x in off_loopback(pgids) if not any(k in x[1] for k in RAY_INTERNAL) and x[0] not in ray_driver]
+    assert not outside, outside
+    assert all(p != port for *_, p in off_loopback(pgids))
 
 
 def test_graceful_stop_flushes_the_prediction_log(ray_url: str, deployer, stack_settings: Settings) -> None:

@@ -126,12 +126,13 @@ def features_training_set(ctx: click.Context, model: str | None, feature_service
 @click.pass_context
 def features_serve(ctx: click.Context, host: str | None, port: int, workers: int) -> None:
     """Run Feast's own feature server on keel's feature repo (the chart's feature-server pods run this)."""
+    from keel.compat.feast import serve_with_body_limit
     from keel.features.store import open_store
 
     s = settings_of(ctx)
     bind = host or s.listen_host
-    open_store(s).serve(host=bind, port=port, workers=workers, metrics=False, no_access_log=True,
-                        max_requests=0, registry_ttl_sec=60)
+    serve_with_body_limit(open_store(s), s.max_body_bytes, host=bind, port=port, workers=workers, metrics=False,
+                          no_access_log=True, max_requests=0, registry_ttl_sec=60)
 
 
 @features.command("env")

@@ -79,3 +79,27 @@ def to_utc(df: Any, column: str) -> Any:
     from feast.infra.offline_stores.ibis import _to_utc
 
     return _to_utc(df, column)
+
+
+def serve_with_body_limit(store: Any, max_body_bytes: int, **options: Any) -> None:
+    """``store.serve(...)``, Feast's own feature server, with its app wrapped in keel's request-body bound.
+
+    Feast's server takes no body-size option and gunicorn has none either; its ``FeastServeApplication``
+    builds the app with ``feast.feature_server.get_app`` (a module global), so the bound wraps what that
+    returns. Everything else (auth, gunicorn workers, the routes) stays Feast's.
+    """
+    _checked()
+    import feast.feature_server as fs
+
+    from keel.serving.limits import BodyLimit
+
+    original = fs.get_app
+
+    def get_app(*args: Any, **kwargs: Any) -> Any:
+        return BodyLimit(original(*args, **kwargs), max_body_bytes)
+
+    fs.get_app = get_app
+    try:
+        store.serve(**options)
+    finally:
+        fs.get_app = original

@@ -11,10 +11,12 @@ Run: ``python -m keel.serving.kserve_runtime --spec '<ServeSpec JSON>' [--host 1
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kserve
@@ -30,10 +32,14 @@ from keel.serving.spec import ServeSpec
 log = logging.getLogger("keel.serving")
 
 class KeelModel(kserve.Model):
-    def __init__(self, name: str, router: Router) -> None:
+    def __init__(self, name: str, router: Router, threads: int = 32) -> None:
         super().__init__(name)
         self.router = router
         self.ready = True
+        # scoring runs on these threads, never on the event loop: a hung online store (a stopped Redis
+        # answers nothing until the socket timeout) then delays the requests that wait on it, not every
+        # request the server holds
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keel-predict")
 
     # -- V2 metadata (keel.serving.protocol) ------------------------------------------------------
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -45,30 +51,39 @@ class KeelModel(kserve.Model):
     # -- inference ------------------------------------------------------------------------------
     async def predict(self, payload: Any, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Any:
+        loop = asyncio.get_running_loop()
         try:
             if isinstance(payload, InferRequest):
                 inputs = [(i.name, i.datatype, i.shape, i.data) for i in payload.inputs]
-                result = self.router.predict(protocol.v2_instances(inputs, self.router.primary))
+                rows = protocol.v2_instances(inputs, self.router.primary)
+                result = await loop.run_in_executor(self._pool, self.router.predict, rows)
                 return InferResponse(
                     response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
                     model_version=result.version,
                     infer_outputs=[InferOutput(*out) for out in protocol.v2_outputs(result)],
                     parameters={"model_version": result.version, "degraded": any(result.degraded)})
-            return self.router.predict(protocol.v1_instances(payload)).as_dict()
+            instances = protocol.v1_instances(payload)
+            return (await loop.run_in_executor(self._pool, self.router.predict, instances)).as_dict()
         except InputError as exc:
             raise InvalidInput(str(exc)) from None
 
     def stop(self) -> None:
+        self._pool.shutdown(wait=True)
         self.router.close()
         super().stop()
 
 
-def _answer_bad_bodies_with_400() -> None:
-    """FastAPI answers a body that fails the V2 schema with 422 and echoes the input back; for a body like
-    ``Infinity`` that echo is not valid JSON and the answer becomes a 500. Name the failing fields instead."""
+def _prepare_app(max_body_bytes: int) -> None:
+    """Bound request bodies (413 before parsing, ``keel.serving.limits``), and answer a body that fails the
+    V2 schema with 400 naming the failing fields: FastAPI's own 422 echoes the input back, and for a body
+    like ``Infinity`` that echo is not valid JSON, so the answer became a 500."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.model_server import app
+
+    from keel.serving.limits import BodyLimit
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     async def handler(_: Any, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
@@ -93,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     model = KeelModel(spec.model, router)
     from keel.compat.kserve import loopback_server_class
 
-    server = loopback_server_class()(host=args.host or settings.host, before_start=_answer_bad_bodies_with_400,
-                                     http_port=spec.port, enable_grpc=False, enable_docs_url=False, workers=1)
+    server = loopback_server_class()(host=args.host or settings.host,
+                                     before_start=lambda: _prepare_app(settings.max_body_bytes), http_port=spec.port,
+                                     enable_grpc=False, enable_docs_url=False, workers=1)
     # uvicorn catches SIGTERM/SIGINT, drains, then re-raises the signal to the handler found at start:
     # make that handler an orderly exit, so the `finally` below flushes the prediction log.
     for sig in (signal.SIGTERM, signal.SIGINT):

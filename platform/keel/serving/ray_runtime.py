@@ -10,6 +10,7 @@ config in ``serving/`` points at :func:`app_builder`.
 
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -33,16 +34,20 @@ api = FastAPI(title="keel serving (Ray Serve)")
 class KeelDeployment:
     def __init__(self, spec_json: str, env: "dict[str, str] | None" = None) -> None:
         from keel.config import load_settings
+        from keel.serving.limits import BodyLimit
 
         os.environ.update(env or {})
+        settings = load_settings()
+        api.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # before the replica's first request
         self.spec = ServeSpec.from_json(spec_json)
-        self.router = self.spec.build_router(load_settings())
+        self.router = self.spec.build_router(settings)
         self.predict_batch.set_max_batch_size(self.spec.batch_max_size)
         self.predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[Any]) -> list[Any]:
-        return self.router.predict_many(requests)
+        # off the replica's event loop: a lookup waiting on a hung store must not hold the other batches
+        return await asyncio.to_thread(self.router.predict_many, requests)
 
     @api.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> Response:
