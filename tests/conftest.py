@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,52 @@ def run_keel(args: list[str], settings: Settings, timeout: float = 300, **extra_
              ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([KEEL, *args], env=keel_env(settings, **extra_env), capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL, check=False)
+
+
+def _leftovers(root: Path) -> list[tuple[int, str]]:
+    """Live processes started for this session's tests: their environment or command line names a path
+    under the session's temporary root (every stack's KEEL_HOME, Postgres' and kcp's data directories)."""
+    needle = str(root).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd or needle in env:
+            found.append((int(entry), cmd.replace(b"\0", b" ").decode(errors="replace")[:160]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set up first, torn down last: once every other fixture has stopped what it started, nothing the
+    tests started may still run. What does is killed (so CI's machine is clean) and fails the run."""
+    import signal
+
+    # SIGTERM (CI's timeout, a developer's kill) becomes KeyboardInterrupt, which pytest answers by
+    # tearing its fixtures down: the stacks are stopped instead of left behind
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    root = tmp_path_factory.getbasetemp()
+    yield
+    signal.signal(signal.SIGTERM, previous)
+    import time
+
+    deadline = time.monotonic() + 15  # what is exiting right now (a Ray worker finishing its shutdown)
+    while (left := _leftovers(root)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes outlived their fixtures: " + "; ".join(f"{pid} {cmd}" for pid, cmd in left)
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ from tests.conftest import isolated_settings, run_keel
 
 def test_demo_end_to_end_then_down(tmp_path: Path) -> None:
     tmp_settings = isolated_settings(tmp_path / "keel", retraining=True, start_timeout=180.0)
-    proc = run_keel(["demo", "--rows", "20000"], tmp_settings, timeout=900)
-    try:
+    try:  # from before the demo starts: a demo that times out must not leave its stack running
+        proc = run_keel(["demo", "--rows", "20000"], tmp_settings, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout
         assert "promoted v1 to champion" in out

@@ -5,6 +5,8 @@ Adding a service (later issues add serving, the controller and Airflow) means ad
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -174,6 +176,39 @@ def build_services(s: Settings) -> dict[str, Service]:
     return {svc.name: svc for svc in services}
 
 
+def seed_airflow_password(path: Path, username: str) -> None:
+    """Write the local Airflow user's password (0600) before Airflow starts. Airflow's simple auth manager
+    generates one for a user its file lacks and prints it to its log; with the user already there it
+    prints nothing, and keel (``Settings.airflow_secret``) reads the same file."""
+    import json
+    import secrets
+
+    existing: dict[str, str] = {}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text() or "{}")
+        except ValueError:
+            existing = {}
+    if username not in existing:
+        existing[username] = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(existing) + "\n")
+    os.chmod(path, 0o600)  # a file an earlier Airflow wrote 0644
+
+
+def write_airflow_shim(path: Path, airflow: Path) -> None:
+    """An ``airflow`` that starts the scheduler and triggerer with ``--skip-serve-logs``. Their log servers
+    bind every interface (host hard-coded in Airflow's ``serve_logs``) and `airflow standalone` offers no
+    switch; locally the API server reads task logs from the same disk, so nothing needs them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real = shlex.quote(str(airflow))
+    path.write_text("#!/bin/sh\n# written by keel (keel.stack.services.write_airflow_shim)\n"
+                    f'case "$1" in scheduler|triggerer) exec {real} "$@" --skip-serve-logs ;; esac\n'
+                    f'exec {real} "$@"\n')
+    path.chmod(0o700)
+
+
 def retraining_services(s: Settings) -> list[Service]:
     """Airflow (standalone, its own venv, loopback, modest parallelism) and the keel controller."""
     home, h = s.home, s.host
@@ -181,10 +216,13 @@ def retraining_services(s: Settings) -> list[Service]:
 
     def airflow_prepare() -> None:
         (home / "airflow").mkdir(parents=True, exist_ok=True)
+        seed_airflow_password(home / "airflow" / "simple_auth_manager_passwords.json.generated", s.airflow_username)
+        write_airflow_shim(home / "airflow" / "bin" / "airflow", airflow_venv / "airflow")
 
     airflow_env = {
         **s.as_env(),
-        "PATH": f"{airflow_venv}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        # the shim first: `airflow standalone` starts its components as `airflow <component>` from PATH
+        "PATH": f"{home / 'airflow' / 'bin'}:{airflow_venv}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

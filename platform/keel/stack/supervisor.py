@@ -36,6 +36,14 @@ class ServiceStatus:
         return "unhealthy" if self.running else "stopped"
 
 
+def private_home(home: Path) -> None:
+    """KEEL_HOME holds the stack's databases, tokens, passwords and prediction logs: only its owner may
+    enter it (0700), whatever the umask it was first made with."""
+    home.mkdir(parents=True, exist_ok=True)
+    if home.stat().st_mode & 0o077:
+        home.chmod(0o700)
+
+
 def _proc_start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -109,6 +117,7 @@ class Stack:
     def up(self, names: list[str] | None = None) -> list[ServiceStatus]:
         """Start what is not running and wait until healthy: platform services first, then model
         deployments (which need MLflow and Redis to load)."""
+        private_home(self.settings.home)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         chosen = self._select(names)
@@ -147,10 +156,12 @@ class Stack:
                                 f"{exc.strerror or exc} ({exc.filename})") from None
         cmd = resolve_binary(svc.command)
         env = {**os.environ, **svc.env}
-        with open(self.log_path(svc.name), "ab") as log:
-            proc = subprocess.Popen(
+        fd = os.open(self.log_path(svc.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a log an earlier version wrote 0644
+        with os.fdopen(fd, "ab") as log:
+            proc = subprocess.Popen(  # umask 077: what services write (databases, dumps, logs) is the user's only
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, cwd=self.settings.home,
+                start_new_session=True, env=env, cwd=self.settings.home, umask=0o077,
             )
         rec = {"pid": proc.pid, "pgid": proc.pid, "start_time": _proc_start_time(proc.pid), "cmd": cmd}
         self._pidfile(svc.name).write_text(json.dumps(rec))
