@@ -18,13 +18,9 @@ import time
 from typing import Any
 
 from bench.common import Profile, Row, client_cpus, in_child, median, say
+from bench.loadgen import _pct
 
 HANG_S, BEFORE_S, AFTER_S, RATE = 4.0, 2.0, 3.0, 100.0
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 async def _load(url: str, bodies: list[bytes], rate: float, redis_pid: int

@@ -69,8 +69,10 @@ def test_an_unreachable_audit_database_is_one_line_without_its_password(tmp_path
     assert "hunter2secret" not in out.stderr + out.stdout
 
 
-def _hold(uri: str, model: str, ready: object, release: object) -> None:
-    with AuditDB(uri).lock(model):
+def _hold(uri: str | None, path: str, model: str, ready: object, release: object) -> None:
+    from keel.registry.audit import AuditLog
+
+    with (AuditDB(uri) if uri else AuditLog(Path(path))).lock(model):
         ready.set()  # type: ignore[attr-defined]
         release.wait(60)  # type: ignore[attr-defined]
 
@@ -87,8 +89,7 @@ def test_the_alias_lock_is_one_holder_at_a_time_across_processes(postgres: str, 
     ctx = mp.get_context("fork")
     for store, uri in ((AuditDB(postgres), postgres), (AuditLog(tmp_path / "audit.jsonl"), None)):
         ready, release = ctx.Event(), ctx.Event()
-        holder = ctx.Process(target=_hold if uri else _hold_file, args=(uri or str(tmp_path / "audit.jsonl"),
-                                                                        "m1", ready, release))
+        holder = ctx.Process(target=_hold, args=(uri, str(tmp_path / "audit.jsonl"), "m1", ready, release))
         holder.start()
         try:
             assert ready.wait(60)
@@ -104,10 +105,3 @@ def test_the_alias_lock_is_one_holder_at_a_time_across_processes(postgres: str, 
         with store.lock("m1", timeout=5.0):
             pass
 
-
-def _hold_file(path: str, model: str, ready: object, release: object) -> None:
-    from keel.registry.audit import AuditLog
-
-    with AuditLog(Path(path)).lock(model):
-        ready.set()  # type: ignore[attr-defined]
-        release.wait(60)  # type: ignore[attr-defined]
