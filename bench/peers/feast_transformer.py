@@ -37,7 +37,7 @@ class FeastTransformer(kserve.Model):
 
 
 def main() -> None:
-    from keel.serving.kserve_runtime import _server_class
+    from keel.compat.kserve import loopback_server_class
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--features", required=True, help="comma-separated, in the model's input order")
     args, _ = ap.parse_known_args()
     model = FeastTransformer(args.name, args.feast, args.entity_key, args.service, args.features.split(","))
-    _server_class()(host="127.0.0.1", http_port=args.port, enable_grpc=False, enable_docs_url=False, workers=1,
+    loopback_server_class()(host="127.0.0.1", http_port=args.port, enable_grpc=False, enable_docs_url=False, workers=1,
                     predictor_config=PredictorConfig(predictor_host=args.upstream)).start([model])
 
 

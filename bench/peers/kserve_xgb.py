@@ -3,7 +3,7 @@
 xgbserver is not published on PyPI (it ships only inside KServe's image), so this module is its model
 class: load an XGBoost booster file, build a ``DMatrix`` from the V1 ``instances`` and call
 ``Booster.predict``, exactly the work xgbserver does per request. The server, protocol handling and
-data plane are the ``kserve`` package's, bound to loopback (keel's ``_server_class`` changes only that).
+data plane are the ``kserve`` package's, bound to loopback (keel's ``loopback_server_class`` changes only that).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class XGBoostModel(kserve.Model):
 
 
 def main() -> None:
-    from keel.serving.kserve_runtime import _server_class
+    from keel.compat.kserve import loopback_server_class
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
@@ -41,7 +41,7 @@ def main() -> None:
     args, _ = ap.parse_known_args()
     model = XGBoostModel(args.name, args.model_file)
     model.load()
-    _server_class()(host="127.0.0.1", http_port=args.port, enable_grpc=False, enable_docs_url=False,
+    loopback_server_class()(host="127.0.0.1", http_port=args.port, enable_grpc=False, enable_docs_url=False,
                     workers=1).start([model])
 
 
