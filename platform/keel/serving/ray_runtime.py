@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,12 @@ from ray import serve
 from keel.serving.spec import ServeSpec
 
 log = logging.getLogger("keel.serving")
+# Batches in flight at once per replica. With one (Ray's default) a batch whose lookup waits out the store
+# timeout holds every request queued behind it: a hung Redis cost the breaker's five failures in series
+# (p99 478 ms against a 100 ms timeout). With enough slots, each request that arrives before the breaker
+# opens waits out only its own timeout; batches still form whenever the slots are busy. 32, as the
+# KServe runtime's thread pool: both runtimes absorb the same burst of hung lookups.
+CONCURRENT_BATCHES = 32
 api = FastAPI(title="keel serving (Ray Serve)")
 
 
@@ -43,11 +50,13 @@ class KeelDeployment:
         self.router = self.spec.build_router(settings)
         self.predict_batch.set_max_batch_size(self.spec.batch_max_size)
         self.predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_s)
+        # the batches' own threads (asyncio's default pool has cpu_count + 4: fewer than the batch slots)
+        self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_BATCHES, thread_name_prefix="keel-batch")
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
     async def predict_batch(self, requests: list[Any]) -> list[Any]:
         # off the replica's event loop: a lookup waiting on a hung store must not hold the other batches
-        return await asyncio.to_thread(self.router.predict_many, requests)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.router.predict_many, requests)
 
     @api.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> Response:
@@ -125,13 +134,16 @@ class KeelDeployment:
         router = getattr(self, "router", None)
         if router is not None:
             router.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def deployment_options(spec: ServeSpec) -> dict[str, Any]:
     """Replica count or autoscaling, and per-replica resources (fractional GPUs pack several replicas
     onto one card)."""
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": spec.num_gpus},
-                            "max_ongoing_requests": max(8, spec.batch_max_size * 2)}
+                            "max_ongoing_requests": max(8, spec.batch_max_size * CONCURRENT_BATCHES)}
     if spec.max_replicas > max(spec.min_replicas, 1):
         opts["autoscaling_config"] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
                                       "target_ongoing_requests": max(2, spec.batch_max_size // 2)}
