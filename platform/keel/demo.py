@@ -143,7 +143,7 @@ def run_demo(settings: Settings, rows: int | None = None, model: str | None = No
     step(f"project {project.name} ({project.path}); model '{model}' ({spec.task})")
     step("starting the local stack (MLflow, Redis, Prometheus, Pushgateway, Alertmanager"
          + (", Airflow, keel controller)" if settings.retraining else ")"))
-    Stack(settings).up()
+    Stack(settings, on_wait=step).up()
     if project.data.generate:
         step(f"generating {rows:,} labelled events and feature snapshots ({project.data.generate})")
         with store.with_home(settings):

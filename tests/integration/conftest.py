@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.supervisor import _group_members
 from tests.conftest import build_fraud, isolated_settings
+from tests.once import Once
 
 DATA_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -30,43 +32,60 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(stack_settings: Settings) -> Iterator[Stack]:
-    st = Stack(stack_settings)
-    st.up()
-    pgids = st.pgids()
-    yield st
-    st.down()
-    assert not [p for g in pgids for p in _group_members(g)], "services left running after down()"
+def once() -> Once:
+    return Once()
 
 
 @pytest.fixture(scope="session")
-def feature_data(stack: Stack, stack_settings: Settings) -> dict[str, Path]:
-    """Generated fraud data ending at a fixed time, applied to Feast and materialized into Redis."""
+def session_stack(stack_settings: Settings) -> Iterator[Stack]:
+    """The one stack of the session, stopped (and checked stopped) at its end, even after a failure."""
+    st = Stack(stack_settings)
+    try:
+        yield st
+    finally:
+        pgids = st.pgids()
+        st.down()
+        assert not [p for g in pgids for p in _group_members(g)], "services left running after down()"
+
+
+@pytest.fixture(scope="module")
+def stack(session_stack: Stack) -> Stack:
+    """The session stack, up: each module asks again (idempotent, and quick when everything is healthy),
+    so a service that failed to start fails that module, not the rest of the run."""
+    session_stack.up()
+    return session_stack
+
+
+def _feature_data(settings: Settings) -> dict[str, Path]:
     from examples.fraud.fraud_data import GenSpec, generate, write
 
     from keel.features import store
 
     paths = write(generate(GenSpec(transactions=20_000, customers=800, merchants=60, days=10, end=DATA_END)),
-                  stack_settings.data_dir)
-    store.apply(stack_settings)
-    store.materialize(stack_settings, end=DATA_END)
+                  settings.data_dir)
+    store.apply(settings)
+    store.materialize(settings, end=DATA_END)
     return paths
 
 
-@pytest.fixture(scope="session")
-def training_set(feature_data: dict[str, Path], stack_settings: Settings):
+@pytest.fixture(scope="module")
+def feature_data(stack: Stack, stack_settings: Settings, once: Once) -> dict[str, Path]:
+    """Generated fraud data ending at a fixed time, applied to Feast and materialized into Redis (once)."""
+    return once.get("feature_data", lambda: _feature_data(stack_settings))
 
-    return build_fraud(stack_settings, "fraud_model_v1", pd.read_parquet(feature_data["transactions"]))
+
+@pytest.fixture(scope="module")
+def training_set(feature_data: dict[str, Path], stack_settings: Settings, once: Once):
+    return once.get("training_set", lambda: build_fraud(stack_settings, "fraud_model_v1",
+                                                          pd.read_parquet(feature_data["transactions"])))
 
 
-@pytest.fixture(scope="session")
-def served_model(training_set, stack_settings: Settings) -> dict[str, str]:
-    """'fraud_serve': v1 champion, v2 (a different model) challenger."""
+def _served_model(training_set: Any, settings: Settings) -> dict[str, str]:
     from examples.fraud.fraud_model import train_fraud_model
 
     from keel.registry.client import Registry
 
-    reg = Registry(stack_settings)
+    reg = Registry(settings)
     first = train_fraud_model(training_set)
     v1 = reg.register(first.model, "fraud_serve", training_set, first.holdout, first.metrics)
     reg.promote("fraud_serve")
@@ -75,8 +94,14 @@ def served_model(training_set, stack_settings: Settings) -> dict[str, str]:
     return {"name": "fraud_serve", "champion": v1.version, "challenger": v2.version}
 
 
+@pytest.fixture(scope="module")
+def served_model(training_set: Any, stack_settings: Settings, once: Once) -> dict[str, str]:
+    """'fraud_serve': v1 champion, v2 (a different model) challenger."""
+    return once.get("served_model", lambda: _served_model(training_set, stack_settings))
+
+
 @pytest.fixture(scope="session")
-def deployer(stack: Stack, stack_settings: Settings) -> Iterator:
+def deployer(session_stack: Stack, stack_settings: Settings) -> Iterator:
     """Deploy a ServeSpec as a real local serving process; everything deployed is undeployed at the end."""
     from keel.serving.deploy import LocalTarget
     from keel.serving.spec import ServeSpec
@@ -91,6 +116,8 @@ def deployer(stack: Stack, stack_settings: Settings) -> Iterator:
         return f"http://127.0.0.1:{spec.port}"
 
     deploy.target = target  # type: ignore[attr-defined]
-    yield deploy
-    for model in target.specs():
-        target.undeploy(model)
+    try:
+        yield deploy
+    finally:
+        for model in target.specs():
+            target.undeploy(model)

@@ -18,7 +18,7 @@ def up(ctx: click.Context, services: tuple[str, ...]) -> None:
     """Start the local stack (or only SERVICES) on loopback and wait until healthy."""
     from keel.stack import Stack
 
-    rows = Stack(settings_of(ctx)).up(list(services) or None)
+    rows = Stack(settings_of(ctx), on_wait=click.echo).up(list(services) or None)
     click.echo(render([_status_row(s) for s in rows], "table"))
 
 

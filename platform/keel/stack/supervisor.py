@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,31 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-class Stack:
-    """The local stack for one Settings (one state directory, one set of ports)."""
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) the live members of a process group have used so far."""
+    total = 0
+    for pid in _group_members(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, settings: Settings) -> None:
+
+# a start that is still using CPU when start_timeout passes is slow (a busy machine), not stuck: it gets
+# up to this many times the timeout; one that has been idle for IDLE_S is given up on at the timeout
+BUSY_FACTOR, IDLE_S, PROGRESS_EVERY_S = 3.0, 5.0, 15.0
+
+
+class Stack:
+    """The local stack for one Settings (one state directory, one set of ports).
+
+    ``on_wait`` receives a line of progress every 15 s while a start is slow (the CLI prints it)."""
+
+    def __init__(self, settings: Settings, on_wait: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.on_wait = on_wait
         self.base: dict[str, Service] = build_services(settings)
         self.services: dict[str, Service] = {**self.base, **deployment_services(settings)}
         self.run_dir = settings.home / "run"
@@ -141,7 +162,7 @@ class Stack:
             started.append((svc, self._spawn(svc)))
         try:  # spawned together, awaited one by one: a phase costs its slowest start, not the sum
             for svc, proc in started:
-                self._await(svc, proc)
+                self._await_or_restart(svc, proc)
         except KeelError:
             for svc, _ in started:  # all or nothing for what this call started
                 self._stop_one(svc.name)
@@ -167,15 +188,44 @@ class Stack:
         self._pidfile(svc.name).write_text(json.dumps(rec))
         return proc
 
-    def _await(self, svc: Service, proc: subprocess.Popen) -> None:
-        ok = wait_until(lambda: self._healthy(svc), self.settings.start_timeout,
-                        alive=lambda: proc.poll() is None)
-        if not ok:
-            code = proc.poll()
+    def _await_or_restart(self, svc: Service, proc: subprocess.Popen) -> None:
+        """Wait for a fresh start; one that fails is stopped and started once more (a busy machine, a
+        port or lock another process let go of a moment ago), and only a second failure is an error.
+        The restart is noted in the service's own log, so the CLI's error stays one line."""
+        why = self._await(svc, proc)
+        if why is None:
+            return
+        self._stop_one(svc.name)
+        with open(self.log_path(svc.name), "a") as log:
+            log.write(f"[keel] {svc.name} {why}; starting it once more\n")
+        again = self._await(svc, self._spawn(svc))
+        if again is not None:
             tail = self.tail(svc.name, 5).strip().replace("\n", " | ")
-            why = f"exited with code {code}" if code is not None else \
-                f"not healthy after {self.settings.start_timeout:.0f}s"
-            raise KeelError(f"{svc.name} failed to start ({why}); last log lines: {tail}")
+            raise KeelError(f"{svc.name} failed to start, twice ({why}; then {again}); last log lines: {tail}")
+
+    def _await(self, svc: Service, proc: subprocess.Popen) -> str | None:
+        """None once healthy; otherwise why not. ``start_timeout`` bounds an idle start; a start still
+        using CPU gets up to BUSY_FACTOR times that."""
+        limit = self.settings.start_timeout
+        start = last_busy = time.monotonic()
+        cpu, note_at = _group_cpu_s(proc.pid), start + PROGRESS_EVERY_S
+        while True:
+            if self._healthy(svc):
+                return None
+            if proc.poll() is not None:
+                return f"exited with code {proc.returncode}"
+            now = time.monotonic()
+            used = _group_cpu_s(proc.pid)
+            if used > cpu + 0.05:
+                cpu, last_busy = used, now
+            if now - start >= limit and (now - last_busy >= IDLE_S or now - start >= BUSY_FACTOR * limit):
+                return f"not healthy after {now - start:.0f}s"
+            if self.on_wait is not None and now >= note_at:
+                note_at += PROGRESS_EVERY_S
+                self.on_wait(f"waiting for {svc.name}: {now - start:.0f}s so far "
+                             f"({'still starting' if now - last_busy < IDLE_S else 'idle'}; "
+                             f"start timeout {limit:.0f}s)")
+            time.sleep(0.2)
 
     def _stop_one(self, name: str, timeout: float = 30.0) -> bool:
         """SIGTERM the leader and give it time to stop its own children (Ray drains replicas, uvicorn
