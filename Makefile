@@ -32,7 +32,7 @@ test: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/python -m pytest
 
-# make bench [BENCH=full] [ONLY=online,saturation,materialize,pit,drift]
+# make bench [BENCH=full] [ONLY=online,saturation,hang,oversize,materialize,pit,drift]
 BENCH ?= quick
 bench: setup
 	@bash platform/scripts/setup.sh bench

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PROFILES, Row, machine, say  # noqa: E402
 
-SCENARIOS = ("online", "saturation", "hang", "materialize", "pit", "drift")
+SCENARIOS = ("online", "saturation", "hang", "oversize", "materialize", "pit", "drift")
 
 
 def _fmt(v: float) -> str:
@@ -97,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             return rows
 
         scenario("online/saturation", serving)
-    if "hang" in only:
-        from bench import faults, online
+    if "hang" in only or "oversize" in only:
+        from bench import faults, online, oversize
 
-        def hang() -> list[Row]:
-            with online.world(profile, t / "hang") as w:
-                return faults.run(profile, w)
+        def faulty() -> list[Row]:  # one world (stack, repo, model) for both
+            with online.world(profile, t / "faults") as w:
+                return ((faults.run(profile, w) if "hang" in only else [])
+                        + (oversize.run(profile, w) if "oversize" in only else []))
 
-        scenario("hang", hang)
+        scenario("hang/oversize", faulty)
     if "materialize" in only:
         from bench import materialize
 
