@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         "local", description="where retraining rollouts deploy: the local stack, or through the Kubernetes "
         "API the release's InferenceServices (kserve), RayServices (rayserve), or each model's own runtime "
         "from the spec (cluster)")
+    mlflow_db_uri: SecretStr | None = Field(
+        None, description="local stack: SQLAlchemy URI of MLflow's backend store (e.g. postgresql+psycopg://user:"
+        "pass@host:5432/mlflow, as the chart runs it); default: SQLite in KEEL_HOME/mlflow")
     audit_db: SecretStr | None = Field(
         None, description="SQLAlchemy URI of the database audit records go to (cluster: the platform's "
         "Postgres); default: KEEL_HOME/audit.jsonl")

@@ -107,13 +107,16 @@ def build_services(s: Settings) -> dict[str, Service]:
             f"http://{h}:{s.mlflow_port}",
             [
                 _venv_bin("mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
                 "--artifacts-destination", str(home / "mlflow" / "artifacts"),
                 "--host", h, "--port", str(s.mlflow_port), "--workers", "1",
                 "--allowed-hosts", f"{h},{h}:{s.mlflow_port},localhost,localhost:{s.mlflow_port}",
             ],
             "http:/health",
             env={
+                # the store's URI from the environment, not argv: a database URI holds a password, and
+                # every local user can read a process's command line
+                "MLFLOW_BACKEND_STORE_URI": (s.mlflow_db_uri.get_secret_value() if s.mlflow_db_uri
+                                             else f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "DO_NOT_TRACK": "true",
