@@ -12,7 +12,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from tests.conftest import free_ports
@@ -66,3 +68,17 @@ def postgres() -> Iterator[str]:
             subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
                            capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def database(uri: str, name: str) -> str:
+    """A fresh database ``name`` on the server of ``uri``; its URI."""
+    parts = urlsplit(uri)
+    with psycopg.connect(urlunsplit(parts._replace(scheme="postgresql")), autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        con.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def rows(uri: str, sql: str) -> list[tuple]:
+    with psycopg.connect(urlunsplit(urlsplit(uri)._replace(scheme="postgresql"))) as con:
+        return con.execute(sql).fetchall()

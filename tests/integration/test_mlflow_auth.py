@@ -1,6 +1,6 @@
 """The chart's MLflow basic-auth setup on a real MLflow server: the rendered chart's command, arguments, env
-and ``basic_auth.ini`` (only paths, ports and Secret values swapped for local ones), then keel's own registry
-client through it."""
+and ``basic_auth.ini`` (only paths, ports and Secret values swapped for local ones), both stores on a real
+Postgres as the chart runs them, then keel's own registry client through it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from keel.infra.probes import http_ok, wait_until
 from keel.registry.client import Registry
 from keel.stack.supervisor import _group_members
 from tests.conftest import ROOT, free_ports, isolated_settings, run_keel
+from tests.pgdb import database, rows
 
 CHART = ROOT / "charts" / "keel"
 HELM = shutil.which("helm") or str(ROOT / ".keel" / "bin" / "helm")
@@ -43,7 +44,7 @@ class AuthServer:
     user: str
     password: str
     ini: Path  # the chart's basic_auth.ini, as the ConfigMap mounts it
-    auth_db: Path  # where KEEL_MLFLOW_AUTH_DB_URI points
+    auth_db: str  # the database KEEL_MLFLOW_AUTH_DB_URI names (on Postgres, as the chart runs it)
     tmpdir: Path  # the launcher's TMPDIR (its private ini copy lands here)
     log: Path
 
@@ -116,7 +117,7 @@ def _status(url: str, auth: tuple[str, str] | None = None) -> int:
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+def auth_server(tmp_path_factory: pytest.TempPathFactory, postgres: str) -> Iterator[AuthServer]:
     tmp = tmp_path_factory.mktemp("mlflow_auth")
     docs = _render(tmp / "helm")
     ini = tmp / "basic_auth.ini"
@@ -128,17 +129,19 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
 
     (port,) = free_ports(1)
     user, password = "admin", secrets.token_urlsafe(18)  # MLflow refuses admin passwords under 12 characters
-    auth_db, tmpdir, log = tmp / "auth.db", tmp / "tmp", tmp / "mlflow.log"
+    # both stores on Postgres in the chart's URI form (keel.dbEnv): postgresql+psycopg://...
+    mlflow_db, auth_db = database(postgres, "mlflow_chart"), database(postgres, "mlflow_auth")
+    tmpdir, log = tmp / "tmp", tmp / "mlflow.log"
     tmpdir.mkdir()
     args = _chart_args(container, {
         "--host": "127.0.0.1", "--port": str(port), "--workers": "1",
-        "--backend-store-uri": f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination": str(tmp / "artifacts"),
+        "--backend-store-uri": mlflow_db, "--artifacts-destination": str(tmp / "artifacts"),
         "--allowed-hosts": f"127.0.0.1,127.0.0.1:{port},localhost",
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "MLFLOW_"))}
     env.update(_chart_env(container, {
-        "KEEL_MLFLOW_DB_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-        "KEEL_MLFLOW_AUTH_DB_URI": f"sqlite:///{auth_db}",
+        "KEEL_MLFLOW_DB_URI": mlflow_db,
+        "KEEL_MLFLOW_AUTH_DB_URI": auth_db,
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_USERNAME": user,
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
@@ -180,18 +183,14 @@ def test_rest_api_needs_the_admin_credentials(auth_server: AuthServer) -> None:
 
 
 def test_launcher_points_the_user_store_at_the_database_from_the_secret(auth_server: AuthServer) -> None:
-    import sqlite3
-
-    assert auth_server.auth_db.is_file(), "the auth database was not created at KEEL_MLFLOW_AUTH_DB_URI"
-    with sqlite3.connect(auth_server.auth_db) as db:
-        users = [r[0] for r in db.execute("SELECT username FROM users")]
-    assert users == [auth_server.user]
+    users = [r[0] for r in rows(auth_server.auth_db, "SELECT username FROM users")]
+    assert users == [auth_server.user], "the admin was not created in the database KEEL_MLFLOW_AUTH_DB_URI names"
     assert "database_uri = sqlite:////data/basic_auth.db" in auth_server.ini.read_text()  # the mount is untouched
     (copy,) = auth_server.tmpdir.glob("basic_auth.*.ini")
     assert copy.stat().st_mode & 0o777 == 0o600
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(copy)
-    assert cfg["mlflow"]["database_uri"] == f"sqlite:///{auth_server.auth_db}"
+    assert cfg["mlflow"]["database_uri"] == auth_server.auth_db
     assert cfg["mlflow"]["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
     assert auth_server.password not in copy.read_text()
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -18,20 +17,7 @@ from keel.registry.audit import AuditDB
 from keel.stack import Stack
 from tests.conftest import free_ports
 from tests.integration.conftest import DATA_END
-
-
-def _database(uri: str, name: str) -> str:
-    """A fresh database ``name`` on the server of ``uri``; its URI."""
-    parts = urlsplit(uri)
-    with psycopg.connect(urlunsplit(parts._replace(scheme="postgresql")), autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        con.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def _rows(uri: str, sql: str) -> list[tuple]:
-    with psycopg.connect(urlunsplit(urlsplit(uri)._replace(scheme="postgresql"))) as con:
-        return con.execute(sql).fetchall()
+from tests.pgdb import database, rows
 
 
 def test_mlflow_registry_and_audit_on_postgres_survive_a_restart(
@@ -41,7 +27,7 @@ def test_mlflow_registry_and_audit_on_postgres_survive_a_restart(
 
     from keel.registry.client import Registry
 
-    mlflow_db = _database(postgres, "mlflow")
+    mlflow_db = database(postgres, "mlflow")
     home = tmp_path_factory.mktemp("pg") / "keel"
     s = stack_settings.model_copy(update={"home": home, "mlflow_port": free_ports(1)[0],
                                           "mlflow_db_uri": SecretStr(mlflow_db), "audit_db": SecretStr(postgres)})
@@ -68,7 +54,7 @@ def test_mlflow_registry_and_audit_on_postgres_survive_a_restart(
         again = Registry(s)
         assert again.resolve(name, "champion").version == v1
         assert sorted(v["version"] for v in again.show(name)["versions"]) == sorted([v1, v2])
-        assert _rows(mlflow_db, f"SELECT version FROM model_versions WHERE name = '{name}' ORDER BY version") == [
+        assert rows(mlflow_db, f"SELECT version FROM model_versions WHERE name = '{name}' ORDER BY version") == [
             (int(v1),), (int(v2),)]
         trail = [(r.action, r.from_version, r.to_version) for r in AuditDB(postgres).records(name)]
         assert trail == [("register", None, v1), ("promote", None, v1), ("register", None, v2),
@@ -79,14 +65,14 @@ def test_mlflow_registry_and_audit_on_postgres_survive_a_restart(
 
 def test_feast_sql_registry_on_postgres_serves_what_it_materialized(
         postgres: str, feature_data: dict[str, Path], stack_settings: Settings) -> None:
-    uri = _database(postgres, "feast")
+    uri = database(postgres, "feast")
     s = stack_settings.model_copy(update={"feast_registry": SecretStr(uri)})
     assert {"fraud_model_v1", "fraud_model_lite"} <= set(store.apply(s))
     store.materialize(s, end=DATA_END)
     fs = store.open_store(s)
     assert fs.config.registry.registry_type == "sql"
     assert sorted(x.name for x in fs.list_feature_services()) == ["fraud_model_lite", "fraud_model_v1"]
-    assert _rows(uri, "SELECT feature_service_name, project_id FROM feature_services ORDER BY 1") == [
+    assert rows(uri, "SELECT feature_service_name, project_id FROM feature_services ORDER BY 1") == [
         ("fraud_model_lite", "keel_fraud"), ("fraud_model_v1", "keel_fraud")]
     # the materialization intervals are Postgres's too: a second run of the same window has nothing to do
     views = {v.name: v for v in fs.list_feature_views()}
