@@ -142,6 +142,19 @@ class Client:
 
         return predict_local(self.settings, model, instances)
 
+    def batch_score(self, model: str, entities: pd.DataFrame | str | Path, out: str | Path | None = None, *,
+                    alias: str = "champion", version: str | None = None, chunk_rows: int = 50_000) -> pd.DataFrame:
+        """Score a table of entity rows as serving would (point-in-time features as of each row's
+        event_timestamp); returns the scored rows, and writes them to ``out`` when given."""
+        from keel import batch
+
+        if out is not None:
+            batch.check_output(out)
+        result = batch.score(self.settings, model, entities, alias=alias, version=version, chunk_rows=chunk_rows)
+        if out is not None:
+            batch.write(result.frame, out)
+        return result.frame
+
     # -- monitoring ---------------------------------------------------------------------------------
     def drift(self, model: str, window: str | None = None, push: bool = True) -> Any:
         """Evidently on the served traffic vs the champion's holdout; gauges to the Pushgateway, the

@@ -245,9 +245,10 @@ class Predictor:
         return out
 
     # -- predict --------------------------------------------------------------------------------
-    def _score(self, lookup: Any) -> tuple[np.ndarray, Any]:
-        """The model's output; a model that cannot take nulls (no imputer) gets the training defaults in
-        place of the missing values, and those rows are flagged degraded rather than failing."""
+    def score(self, lookup: Any) -> tuple[np.ndarray, Any]:
+        """The model's output for looked-up (or, in batch scoring, point-in-time) features; a model that
+        cannot take nulls (no imputer) gets the training defaults in place of the missing values, and
+        those rows are flagged degraded rather than failing."""
         try:
             return self.runner.score_lookup(lookup, self.features), lookup
         except ValueError:
@@ -272,7 +273,7 @@ class Predictor:
         rows = self.validate(instances)
         lookup = self.online.fetch(rows)
         t1 = time.perf_counter()
-        scores, lookup = self._score(lookup)
+        scores, lookup = self.score(lookup)
         t2 = time.perf_counter()
         n = len(rows)
         if lookup.degraded.any():
