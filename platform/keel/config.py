@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     airflow_port: int = Field(8080, ge=1, le=65535, description="Airflow API server port (local stack)")
     serving_port: int = Field(8085, ge=1, le=65535, description="first port for local model deployments")
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; derived from profile when unset")
-    redis_address: str | None = Field(None, description="Redis host:port; derived from profile when unset")
+    redis_address: str | None = Field(None, description="Redis host:port (Redis Cluster: startup nodes "
+                                      "host:port,host:port,...); derived from profile when unset")
+    redis_type: Literal["redis", "redis_cluster"] = Field(
+        "redis", description="the online store: one Redis, or a Redis Cluster (Feast's redis_type, used where a "
+        "repo's feature_store.yaml does not name one)")
     pushgateway: str | None = Field(None, description="Pushgateway URL; derived from profile when unset")
     redis_password: SecretStr | None = Field(None, description="Redis password (cluster: from a Secret)")
     feast_registry: SecretStr | None = Field(

@@ -52,6 +52,9 @@ def repo_config(settings: Settings) -> Any:
     values = {**os.environ, **placeholders(settings)}
     text = string.Template(yaml_path.read_text()).safe_substitute(values)
     raw = yaml.safe_load(text)
+    online = raw.get("online_store")
+    if isinstance(online, dict) and online.get("type", "redis") == "redis" and "redis_type" not in online:
+        online["redis_type"] = settings.redis_type  # the platform's topology; a repo that names one keeps it
     (settings.home / "feast").mkdir(parents=True, exist_ok=True)
     del feast
     return RepoConfig(repo_path=settings.repo, **raw)

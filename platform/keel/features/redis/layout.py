@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import redis
     from feast import FeatureStore, FeatureView
     from feast.repo_config import RepoConfig
+    from redis.cluster import RedisCluster
 
 
 def field_name(view: str, feature: str) -> bytes:
@@ -56,33 +57,43 @@ class ViewLayout:
                    created_field=getattr(src, "created_timestamp_column", None) or None)
 
 
-def redis_client(store: FeatureStore) -> redis.Redis:
+def redis_client(store: FeatureStore) -> redis.Redis | RedisCluster:
     """Feast's own redis-py client for the store, so keel uses the same connection settings (and, for a
-    store opened with ``open_store(serving=True)``, the same timeouts and no retries)."""
+    store opened with ``open_store(serving=True)``, the same timeouts and no retries): a ``Redis``, or
+    for ``redis_type: redis_cluster`` a ``RedisCluster``, whose nodes keel's reader and writer address
+    by hash slot."""
     from keel.compat.feast import online_client
 
-    check_single_redis(store.config)
+    check_redis(store.config)
     return _checked_client(online_client(store))
 
 
-def store_client(online_store: object, config: RepoConfig) -> redis.Redis:
+def store_client(online_store: object, config: RepoConfig) -> redis.Redis | RedisCluster:
     """The same, from Feast's online store object and its repo config (what a batch engine holds)."""
     from keel.compat.feast import store_client as client_of
 
-    check_single_redis(config)
+    check_redis(config)
     return _checked_client(client_of(online_store, config))
 
 
-def check_single_redis(config: RepoConfig) -> None:
+def check_redis(config: RepoConfig) -> None:
     cfg = config.online_store
     kind = getattr(cfg, "redis_type", "redis")
-    if getattr(cfg, "type", None) != "redis" or getattr(kind, "value", kind) != "redis":
-        raise Unsupported("online store is not a single Redis (cluster and sentinel use Feast's path)")
+    if getattr(cfg, "type", None) != "redis" or getattr(kind, "value", kind) not in ("redis", "redis_cluster"):
+        raise Unsupported("online store is not a Redis or a Redis Cluster (sentinel uses Feast's path)")
+    if getattr(getattr(cfg, "client", "redis"), "value", getattr(cfg, "client", "redis")) != "redis":
+        raise Unsupported("online store reads through a client other than redis-py")
 
 
-def _checked_client(client: object) -> redis.Redis:
+def is_cluster(client: object) -> bool:
+    from redis.cluster import RedisCluster as Cluster
+
+    return isinstance(client, Cluster)
+
+
+def _checked_client(client: object) -> redis.Redis | RedisCluster:
     import redis as redis_py
 
-    if not isinstance(client, redis_py.Redis):
-        raise Unsupported("online store client is not redis.Redis")
-    return client
+    if not isinstance(client, redis_py.Redis) and not is_cluster(client):
+        raise Unsupported("online store client is not redis-py's Redis or RedisCluster")
+    return client  # type: ignore[return-value]

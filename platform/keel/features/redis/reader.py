@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keel.features.redis.codec import INT32, INT64, STRING, decode_value, entity_key
-from keel.features.redis.layout import ViewLayout, field_name, redis_client
+from keel.features.redis.layout import ViewLayout, field_name, is_cluster, redis_client
 from keel.features.redis.writer import _bulk
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Reader:
     def __init__(self, store: FeatureStore, refs: Sequence[str], client: redis.Redis | None = None,
                  full_feature_names: bool = False) -> None:
         self.client = client if client is not None else redis_client(store)
+        self.cluster = is_cluster(self.client)
         views: dict[str, list[str]] = {}
         for ref in refs:
             view, _, feature = ref.partition(":")
@@ -76,6 +77,7 @@ class Reader:
         connection error or timeout raises (redis-py's, with the client's timeouts and no retry)."""
         plan: list[list[int]] = []   # per group: the command answering each row
         commands: list[bytes] = []
+        keys: list[bytes] = []
         for g in self.groups:
             index: dict[bytes, int] = {}
             rows_to_cmd = []
@@ -86,10 +88,16 @@ class Reader:
                 if i is None:
                     i = index[k] = len(commands)
                     commands.append(head + _bulk(k) + g.fields)
+                    keys.append(k)
                 rows_to_cmd.append(i)
             plan.append(rows_to_cmd)
         if not commands:
             return [[] for _ in plan]
+        if self.cluster:
+            from keel.features.redis import cluster
+
+            replies = cluster.round_trip(self.client, keys, commands)
+            return [[replies[i] for i in rows_to_cmd] for rows_to_cmd in plan]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:

@@ -33,7 +33,7 @@ from keel.features.redis.codec import (
     entity_keys,
     timestamp_micros,
 )
-from keel.features.redis.layout import ViewLayout, field_name, redis_client, ts_field
+from keel.features.redis.layout import ViewLayout, field_name, is_cluster, redis_client, ts_field
 
 if TYPE_CHECKING:
     import redis
@@ -126,6 +126,40 @@ class _Pipe:
             self.pool.release(self.conn)
 
 
+class _Pipes:
+    """Where a chunk's commands go: the one connection of a single Redis; for a Redis Cluster, one
+    connection per master, each chunk split by the master that owns each entity's hash slot (the
+    check-then-write of an entity stays on one connection, in order)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.cluster = client, is_cluster(client)
+        self.pipes: dict[str, _Pipe] = {} if self.cluster else {"": _Pipe(client)}
+
+    def write(self, layout: ViewLayout, batch: pa.RecordBatch | pa.Table, stats: WriteStats) -> None:
+        if not self.cluster:
+            _write_chunk(self.pipes[""], layout, batch, stats)
+            return
+        from keel.features.redis import cluster
+
+        keys = entity_keys(layout.project, layout.join_keys, {k: batch.column(k) for k, _ in layout.join_keys})
+        for name, (node, idx) in cluster.by_node(self.client, keys.to_pylist()).items():
+            pipe = self.pipes.get(name)
+            if pipe is None:
+                pipe = self.pipes[name] = _Pipe(cluster.node_client(self.client, node))
+            _write_chunk(pipe, layout, batch.take(pa.array(idx)), stats)
+
+    def close(self, ok: bool) -> None:
+        """Every connection is released, even when draining one of them fails (that error is raised)."""
+        error: BaseException | None = None
+        for pipe in self.pipes.values():
+            try:
+                pipe.close(ok and error is None)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+
 def _buffer(arr: pa.Array) -> memoryview:
     """The concatenated bytes of a binary array's values (its data buffer), without copying."""
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
@@ -149,32 +183,32 @@ def write_frame(client: redis.Redis, layout: ViewLayout, frame: Any, *, latest_o
     stats = WriteStats(rows=table.num_rows)
     if table.num_rows == 0:
         return stats
-    pipe = _Pipe(client)
+    pipes = _Pipes(client)
     ok = False
     try:
         for batch in table.to_batches(max_chunksize=chunk_rows):
-            _write_chunk(pipe, layout, batch, stats)
+            pipes.write(layout, batch, stats)
         ok = True
     finally:
-        pipe.close(ok)
+        pipes.close(ok)
     return stats
 
 
 def _write_batches(client: redis.Redis, layout: ViewLayout, batches: Iterator[pa.RecordBatch],
                    progress: Callable[[int], None] | None = None) -> WriteStats:
     stats = WriteStats()
-    pipe = _Pipe(client)
+    pipes = _Pipes(client)
     ok = False
     try:
         for batch in batches:
             stats.rows += batch.num_rows
             if batch.num_rows:
-                _write_chunk(pipe, layout, batch, stats)
+                pipes.write(layout, batch, stats)
                 if progress is not None:
                     progress(batch.num_rows)
         ok = True
     finally:
-        pipe.close(ok)
+        pipes.close(ok)
     return stats
 
 

@@ -1,0 +1,130 @@
+"""The online store on a real Redis Cluster (3 masters + 3 replicas on loopback, created with
+``redis-cli --cluster create``): materialized and read through keel, served, and equal to what the single
+Redis of the session stack holds."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from pydantic import SecretStr
+
+from keel.config import Settings
+from keel.features import store
+from keel.infra.probes import redis_ok, wait_until
+from tests.conftest import free_ports
+from tests.integration.conftest import DATA_END
+
+
+def _cluster_ok(ports: list[int]) -> bool:
+    for p in ports:
+        try:
+            info = redis.Redis(port=p, socket_timeout=1).cluster("info")
+        except redis.RedisError:
+            return False
+        if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """Ports of six cluster nodes (masters first, as `--cluster create` assigns them); all stopped at the end."""
+    root = tmp_path_factory.mktemp("redis-cluster")
+    picked = free_ports(12)  # bus ports given too: port + 10000 may not exist or be free
+    ports, bus = picked[:6], picked[6:]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for p, b in zip(ports, bus, strict=True):
+            d = root / str(p)
+            d.mkdir()
+            with open(d / "redis.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-port", str(b), "--cluster-config-file", str(d / "nodes.conf"),
+                     "--cluster-node-timeout", "1000", "--dir", str(d), "--save", "", "--appendonly", "no"],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+        for p in ports:
+            assert wait_until(lambda p=p: redis_ok("127.0.0.1", p), 30), f"cluster node on {p} did not start"
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        assert wait_until(lambda: _cluster_ok(ports), 60, interval=0.5), "the cluster did not reach state ok"
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def cluster_settings(redis_cluster: list[int], stack_settings: Settings, feature_data: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session's repo and data, its online store on the cluster (and a registry of its own)."""
+    registry = tmp_path_factory.mktemp("cluster-registry") / "registry.db"
+    s = stack_settings.model_copy(update={
+        "redis_type": "redis_cluster", "feast_registry": SecretStr(str(registry)),
+        "redis_address": ",".join(f"127.0.0.1:{p}" for p in redis_cluster[:3])})
+    store.apply(s)
+    store.materialize(s, end=DATA_END)
+    return s
+
+
+REFS = ["customer_spend:txn_count_24h", "customer_spend:amount_mean_7d", "merchant_risk:merchant_fraud_rate_30d",
+        "customer_profile:account_age_days"]
+ROWS = [{"customer_id": c, "merchant_id": m} for c, m in zip(range(1, 41), range(1, 41), strict=True)]
+
+
+def _masters_flushed(ports: list[int]) -> None:
+    for p in ports[:3]:
+        redis.Redis(port=p).flushall()
+    assert sum(redis.Redis(port=p).dbsize() for p in ports[:3]) == 0
+
+
+def test_keel_writes_and_reads_the_cluster_byte_compatibly_with_feast(cluster_settings: Settings,
+                                                                     stack_settings: Settings,
+                                                                     redis_cluster: list[int]) -> None:
+    from keel.features.redis import Reader
+
+    single = store.open_store(stack_settings).get_online_features(features=REFS, entity_rows=ROWS).to_dict()
+    assert sum(v is not None for v in single["txn_count_24h"]) > 20
+    fs = store.open_store(cluster_settings)
+    assert fs.config.online_store.redis_type.value == "redis_cluster"
+    reader = Reader(fs, REFS)
+    assert reader.cluster  # keel's own pipelined path, routed by hash slot (not Feast's fallback)
+
+    # keel's engine wrote the cluster (cluster_settings): Feast's own read and keel's agree with the single Redis
+    assert fs.get_online_features(features=REFS, entity_rows=ROWS).to_dict() == single
+    assert reader.read(ROWS) == single
+    per_master = [redis.Redis(port=p).dbsize() for p in redis_cluster[:3]]
+    assert all(n > 0 for n in per_master), per_master  # spread by slot, not piled on one node
+
+    # and the other way: what Feast's own engine writes, keel's reader reads
+    _masters_flushed(redis_cluster)
+    assert all(v is None for v in reader.read(ROWS)["txn_count_24h"])
+    store.materialize(cluster_settings, end=DATA_END, full=True, engine="feast")
+    assert reader.read(ROWS) == single
+    _masters_flushed(redis_cluster)
+    store.materialize(cluster_settings, end=DATA_END, full=True)  # back to keel's bytes for the next test
+    assert reader.read(ROWS) == single
+
+
+def test_serving_on_the_cluster_answers_as_on_the_single_redis(cluster_settings: Settings, stack_settings: Settings,
+                                                               served_model: dict[str, str]) -> None:
+    from keel.serving.core import Predictor
+
+    instances = [{"customer_id": c, "merchant_id": c % 50 + 1, "amount": 10.0 + c} for c in range(1, 30)]
+    on_cluster = Predictor.from_registry(cluster_settings, served_model["name"]).predict(instances)
+    on_single = Predictor.from_registry(stack_settings, served_model["name"]).predict(instances)
+    assert not any(on_cluster.degraded) and not any(on_single.degraded)
+    np.testing.assert_allclose(on_cluster.scores, on_single.scores, rtol=0, atol=1e-7)
