@@ -128,3 +128,45 @@ def test_serving_on_the_cluster_answers_as_on_the_single_redis(cluster_settings:
     on_single = Predictor.from_registry(stack_settings, served_model["name"]).predict(instances)
     assert not any(on_cluster.degraded) and not any(on_single.degraded)
     np.testing.assert_allclose(on_cluster.scores, on_single.scores, rtol=0, atol=1e-7)
+
+
+def test_a_master_killed_under_load_fails_over_without_a_failed_request(
+        cluster_settings: Settings, served_model: dict[str, str], redis_cluster: list[int]) -> None:
+    """Last in the module: it kills a master. Requests keep coming at ~100/s; answers may be degraded
+    (training defaults) while the replica takes over, none may fail, and all are whole again after."""
+    import os
+    import signal
+
+    from keel.serving.core import Predictor
+
+    predictor = Predictor.from_registry(cluster_settings, served_model["name"])
+    instances = [[{"customer_id": c, "merchant_id": c % 50 + 1, "amount": 25.0}] for c in range(1, 200)]
+    victim = redis.Redis(port=redis_cluster[0])
+    pid = int(victim.info("server")["process_id"])
+    results: list[tuple[float, bool, str | None]] = []
+    t0 = time.monotonic()
+    killed_at = None
+    i = 0
+    while time.monotonic() - t0 < 12.0:
+        if killed_at is None and time.monotonic() - t0 >= 2.0:
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic() - t0
+        try:
+            degraded = any(predictor.predict(instances[i % len(instances)]).degraded)
+            results.append((time.monotonic() - t0, degraded, None))
+        except Exception as exc:  # what the runtime would answer 5xx
+            results.append((time.monotonic() - t0, True, f"{type(exc).__name__}: {exc}"))
+        i += 1
+        time.sleep(0.01)
+    assert killed_at is not None
+    failed = [r for r in results if r[2] is not None]
+    assert not failed, failed[:3]
+    before = [r for r in results if r[0] < killed_at]
+    assert before and not any(r[1] for r in before)
+    degraded = [r[0] for r in results if r[1]]
+    assert degraded, "killing a master degraded nothing: was it serving these keys?"
+    assert degraded[-1] - killed_at < 8.0, "still degraded 8 s after the kill"
+    tail = [r for r in results if r[0] > degraded[-1]]
+    assert len(tail) > 50 and not any(r[1] for r in tail)
+    print(f"failover: {len(results)} requests, 0 failed, {len(degraded)} degraded, "
+          f"whole again {degraded[-1] - killed_at:.2f} s after the kill")
