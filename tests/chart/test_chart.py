@@ -225,6 +225,18 @@ def test_external_database_and_redis_replace_the_bundled_ones(tmp_path: Path) ->
     assert "redis.externalAddress is required" in fails(tmp_path, {"redis": {"enabled": False}})
 
 
+def test_an_external_redis_cluster_is_named_to_every_pod(tmp_path: Path) -> None:
+    nodes = "rc-0.data.svc:6379,rc-1.data.svc:6379,rc-2.data.svc:6379"
+    docs = values(tmp_path, {"redis": {"enabled": False, "cluster": True, "externalAddress": nodes}})
+    assert not [d for d in docs if d["kind"] == "StatefulSet" and "redis" in d["metadata"]["name"]]
+    env = env_of(one(docs, "Deployment", "keel-feast")["spec"]["template"]["spec"]["containers"][0])
+    assert (env["KEEL_REDIS_TYPE"], env["KEEL_REDIS_ADDRESS"]) == ("redis_cluster", nodes)
+    assert env_of(one(profile(tmp_path, "production-ha"), "Deployment", "keel-feast")["spec"]["template"]["spec"][
+        "containers"][0])["KEEL_REDIS_TYPE"] == "redis"
+    assert "redis.cluster needs an external Redis Cluster" in fails(tmp_path, {"redis": {"cluster": True}})
+    assert "externalAddress" in fails(tmp_path, {"redis": {"enabled": False, "externalAddress": "a:1,b"}})
+
+
 def test_replicated_mlflow_needs_shared_storage(tmp_path: Path) -> None:
     err = fails(tmp_path, {"mlflow": {"replicas": 2}})
     assert "mlflow.replicas > 1 needs mlflow.artifacts.destination" in err

@@ -105,10 +105,14 @@ KEEL_RELEASE: {{ .Release.Name | quote }}
 KEEL_FULLNAME: {{ include "keel.fullname" . | quote }}
 KEEL_NAMESPACE: {{ .Release.Namespace | quote }}
 {{- if .Values.redis.enabled }}
+{{- if .Values.redis.cluster }}
+{{- fail "redis.cluster needs an external Redis Cluster: set redis.enabled false and redis.externalAddress to its nodes (host:port,host:port,...)" }}
+{{- end }}
 KEEL_REDIS_ADDRESS: "{{ include "keel.svc" (list . "redis") }}:{{ .Values.redis.port }}"
 {{- else }}
 KEEL_REDIS_ADDRESS: {{ required "redis.externalAddress is required when redis.enabled is false" .Values.redis.externalAddress | quote }}
 {{- end }}
+KEEL_REDIS_TYPE: {{ ternary "redis_cluster" "redis" (.Values.redis.cluster | default false) | quote }}
 KEEL_MLFLOW_URI: "http://{{ include "keel.svc" (list . "mlflow") }}:{{ .Values.mlflow.port }}"
 {{- if not .Values.pushgateway.enabled }}
 KEEL_PUSHGATEWAY: {{ required "pushgateway.externalUrl is required when pushgateway.enabled is false" .Values.pushgateway.externalUrl | quote }}
