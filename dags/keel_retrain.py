@@ -1,7 +1,8 @@
 """keel's Airflow DAGs, generated from the project spec (keel.yaml, named by KEEL_PROJECT, else the
-keel.yaml beside this file, as the chart's dags ConfigMap carries it): `keel_retrain__<model>` per model
-and `keel_materialize`. Thin on purpose: every step is a function in keel.retrain / keel.features, run in
-the core venv (local) or as a pod of the platform image (kubernetes), never in Airflow's own venv. Only
+keel.yaml beside this file, as the chart's dags ConfigMap carries it): `keel_retrain__<model>` per model,
+`keel_batch_score__<model>` per model with a `batch_score` job, and `keel_materialize`. Thin on purpose:
+every step is a function in keel.retrain / keel.batch / keel.features, run in the core venv (local) or as a
+pod of the platform image (kubernetes), never in Airflow's own venv. Only
 the spec's model names, schedules and training resources are read here (Airflow's venv has no keel); the
 tasks read and validate the rest.
 
@@ -86,6 +87,13 @@ def _materialize() -> str:
     return materialize(load_settings()).isoformat()
 
 
+def _batch_score(model: str, date: str) -> dict[str, Any]:
+    from keel.batch import run_scheduled
+    from keel.config import load_settings
+
+    return run_scheduled(load_settings(), model, date)
+
+
 def _local(fn: Any, task_id: str) -> Any:
     return task.external_python(python=CORE_PYTHON, task_id=task_id, expect_airflow=False, **RETRIES)(fn)
 
@@ -155,6 +163,20 @@ def retrain_dag(model: str, spec: dict[str, Any]) -> Any:
     return pipeline()
 
 
+def batch_score_dag(model: str, job: dict[str, Any]) -> Any:
+    @dag(dag_id=f"keel_batch_score__{model}", schedule=job.get("schedule"), start_date=datetime(2026, 1, 1),
+         catchup=False, max_active_runs=1, tags=["keel", "batch"],
+         doc_md=f"Batch-score `{model}`: the spec's entities, point-in-time features as of each row, the "
+                "serving code's model, written where the spec says ({date}: the run's logical date).")
+    def pipeline() -> None:
+        if EXECUTOR == "kubernetes":
+            _pod("batch_score", model, ["keel"], ["batch-score", model, "--date", "{{ ds }}"], xcom=False)
+            return
+        _local(_batch_score, "batch_score")(model, "{{ ds }}")
+
+    return pipeline()
+
+
 @dag(dag_id="keel_materialize", schedule=CONFIG.get("materialize_schedule"), start_date=datetime(2026, 1, 1),
      catchup=False, max_active_runs=1, tags=["keel", "features"],
      doc_md="Incremental materialization of every online feature view into Redis.")
@@ -167,4 +189,6 @@ def keel_materialize() -> None:
 
 for _name, _model in (SPEC.get("models") or {}).items():
     globals()[f"keel_retrain__{_name}"] = retrain_dag(_name, _model or {})
+    if (_model or {}).get("batch_score"):
+        globals()[f"keel_batch_score__{_name}"] = batch_score_dag(_name, _model["batch_score"])
 keel_materialize()

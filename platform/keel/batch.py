@@ -116,6 +116,24 @@ def score(settings: Settings, model: str, entities: pd.DataFrame | str | Path, a
     return BatchResult(out, model, predictor.version, batch_id)
 
 
+def run_scheduled(settings: Settings, model: str, date: str) -> dict[str, Any]:
+    """The spec's ``batch_score`` job for one logical date (what the DAG runs): its entities scored,
+    written to its ``out`` with ``{date}`` filled in; a summary for the task log."""
+    spec = settings.spec()
+    job = spec.model(model).batch_score
+    if job is None:
+        raise KeelError(f"model '{model}' has no batch_score in {spec.path}")
+    out = spec.resolve(job.out.replace("{date}", date), settings.home)
+    if "://" not in out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    check_output(out)
+    result = score(settings, model, spec.resolve(job.entities, settings.home), alias=job.alias,
+                   chunk_rows=job.chunk_rows)
+    write(result.frame, out)
+    return {"model": model, "version": result.version, "rows": len(result.frame), "degraded": result.degraded,
+            "out": out, "batch_id": result.batch_id}
+
+
 def _score_chunk(settings: Settings, predictor: Any, chunk: pd.DataFrame, keyed: bool
                  ) -> tuple[np.ndarray, np.ndarray]:
     from keel.serving.features import Lookup

@@ -82,6 +82,24 @@ class DriftSpec(_Strict):
     schedule: str | None = None
 
 
+class BatchScoreSpec(_Strict):
+    """A scheduled batch-scoring job (DAG ``keel_batch_score__<model>``): ``entities`` scored with
+    ``alias``, written to ``out``, where ``{date}`` is the run's logical date (YYYY-MM-DD)."""
+
+    entities: str
+    out: str
+    alias: str = "champion"
+    schedule: str | None = None
+    chunk_rows: int = Field(50_000, ge=1)
+
+    @field_validator("out")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if not v.endswith((".parquet", ".csv")):
+            raise ValueError(f"'{v}': expected a path ending in .parquet or .csv")
+        return v
+
+
 class ModelSpec(_Strict):
     """One model of the project. ``labels`` is a parquet/CSV path (relative to the spec) or URI."""
 
@@ -100,6 +118,7 @@ class ModelSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     drift: DriftSpec = DriftSpec()
     retrain_schedule: str | None = None
+    batch_score: BatchScoreSpec | None = None
 
     @field_validator("train")
     @classmethod

@@ -26,7 +26,7 @@ def main(dags: str, conf: str, xcoms: str) -> None:
         for op in dag.tasks:
             ti = SimpleNamespace(dag_id=dag.dag_id, task_id=op.task_id, map_index=-1, try_number=1,
                                  xcom_pull=lambda task_ids, **_: pushed[task_ids])
-            context = {"run_id": run.run_id, "dag_run": run, "dag": dag, "task": op, "ti": ti}
+            context = {"run_id": run.run_id, "ds": "2026-12-02", "dag_run": run, "dag": dag, "task": op, "ti": ti}
             op.render_template_fields(context)
             pod = op.build_pod_request_obj(context)
             out.append({"dag": dag.dag_id, "task": op.task_id,

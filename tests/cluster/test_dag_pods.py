@@ -33,6 +33,8 @@ models:
     retrain_schedule: "@daily"
     training: {cpu: "4", memory: 12Gi, gpus: 1}
     serving: {runtime: ray}
+    batch_score: {entities: "s3://lending-data/customers.parquet", out: "s3://lending-data/churn-{date}.parquet",
+                  schedule: "@daily"}
   default_risk:
     feature_service: risk_v1
     label: defaulted
@@ -85,7 +87,7 @@ def test_dag_built_pods_are_admitted_and_carry_the_release_and_the_model(kubecon
     by = {(p["dag"], p["task"]): p["pod"] for p in pods}
     steps = ["validate", "train", "gate", "rollout"]
     assert set(by) == {*((f"keel_retrain__{m}", s) for m in ("churn", "default_risk") for s in steps),
-                       ("keel_materialize", "materialize")}
+                       ("keel_materialize", "materialize"), ("keel_batch_score__churn", "batch_score")}
 
     settings = core.read_namespaced_config_map("lend-keel-env", namespace).data
     assert settings["KEEL_RELEASE"] == "lend" and settings["KEEL_NAMESPACE"] == namespace
@@ -110,6 +112,10 @@ def test_dag_built_pods_are_admitted_and_carry_the_release_and_the_model(kubecon
         assert "/var/lib/keel/training-sets" in [m.mount_path for m in base.volume_mounts]
         if dag == "keel_materialize":
             assert base.command + base.args == ["keel", "features", "materialize"]
+            continue
+        if dag == "keel_batch_score__churn":  # the spec's job for the run's logical date, on the release's pod
+            assert base.command + base.args == ["keel", "batch-score", "churn", "--date", "2026-12-02"]
+            assert accepted.metadata.labels["keel.dev/model"] == "churn"
             continue
         model = dag.removeprefix("keel_retrain__")
         assert base.command == ["python", "-m", "keel.retrain"] and base.args[0] == task

@@ -260,8 +260,9 @@ def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300,
                              check=False)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
-    # the retraining DAG is run this way by test_projects (the delivery example's); here the materialize DAG
-    for dag in ("keel_materialize",):
+    # the retraining DAG is run this way by test_projects (the delivery example's); here the materialize
+    # DAG and the fraud spec's nightly batch-scoring job
+    for dag in ("keel_materialize", "keel_batch_score__fraud"):
         proc = subprocess.run([airflow, "dags", "test", dag], env=env, capture_output=True, text=True,
                               timeout=480, check=False)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -270,3 +271,11 @@ def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:
         assert runs.returncode == 0, runs.stderr[-2000:]
         states = [r["state"] for r in json.loads(runs.stdout[runs.stdout.index("["):])]
         assert states == ["success"], (proc.stdout + proc.stderr)[-3000:]
+    # the job scored every transaction of the loop's data, as of its own time, with the champion
+    from keel.registry.client import Registry
+
+    (scored,) = (loop.home / "scores").glob("fraud-*.parquet")
+    frame = pd.read_parquet(scored)
+    assert len(frame) == len(pd.read_parquet(loop.data_dir / "transactions.parquet"))
+    assert frame["score"].between(0, 1).all() and frame["request_id"].is_unique
+    assert set(frame["version"]) == {Registry(loop).resolve(MODEL, "champion").version}
