@@ -8,7 +8,8 @@ by ``Predictor.from_registry`` (same plan, flavor, device and null handling) and
 of each row's timestamp (keel's DuckDB engine, Feast's semantics), instead of the online store's latest.
 A version registered without keel (raw-feature mode) scores the inputs the rows carry.
 
-Rows are scored in chunks, so memory is bounded by the chunk, not the table.
+Rows are scored in chunks, so memory is bounded by the chunk, not the table; with a Ray cluster the
+chunks are Ray Data blocks scored by actors across its nodes (``keel.batch_ray``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from keel.features.training import TIMESTAMP
 
 ROW = "_keel_row"
 FORMATS = (".parquet", ".csv")
+ENGINES = ("auto", "local", "ray")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class BatchResult:
     model: str
     version: str
     batch_id: str
+    nodes: int = 1  # Ray nodes that scored (1: this process)
 
     @property
     def degraded(self) -> int:
@@ -76,14 +79,22 @@ def write(frame: pd.DataFrame, out: str | Path) -> str:
 
 def score(settings: Settings, model: str, entities: pd.DataFrame | str | Path, alias: str = "champion",
           version: str | None = None, chunk_rows: int = 50_000,
-          progress: Callable[[int, int], None] | None = None) -> BatchResult:
+          progress: Callable[[int, int], None] | None = None, engine: str = "auto") -> BatchResult:
     """Score every row of ``entities`` with MODEL's ALIAS (or VERSION). Feature mode needs the feature
     service's entity keys, its request fields and ``event_timestamp`` (the instant each row is scored as
-    of); raw-feature mode, the inputs the model's signature names."""
+    of); raw-feature mode, the inputs the model's signature names.
+
+    ``engine``: ``local`` (this process, chunk after chunk), ``ray`` (Ray Data across the cluster of
+    ``Settings.ray_cluster``), or ``auto``: Ray when a cluster is configured and the rows are more than
+    one chunk."""
     from keel.serving.core import Predictor
 
     if chunk_rows < 1:
         raise KeelError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if engine not in ENGINES:
+        raise KeelError(f"unknown engine '{engine}'; valid choices: {', '.join(ENGINES)}")
+    if engine == "ray" and not settings.ray_cluster:
+        raise KeelError("engine 'ray' needs a Ray cluster: KEEL_RAY_ADDRESS, or KEEL_RAY_WORKERS > 0 and `keel up`")
     rows = read_entities(entities)
     if rows.empty:
         raise KeelError("entities: the table is empty; nothing to score")
@@ -97,23 +108,29 @@ def score(settings: Settings, model: str, entities: pd.DataFrame | str | Path, a
         raise KeelError(f"entities lack column(s) {', '.join(missing)} needed to score {model} "
                         f"v{predictor.version}; expected columns: {', '.join(needed)}")
     batch_id = uuid.uuid4().hex[:12]
-    parts = []
     total = len(rows)
-    for start in range(0, total, chunk_rows):
-        chunk = rows.iloc[start:start + chunk_rows]
-        parts.append(_score_chunk(settings, predictor, chunk, keyed))
-        if progress is not None:
-            progress(min(start + chunk_rows, total), total)
-    scores = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    degraded = np.concatenate([p[1] for p in parts])
     out = rows.reset_index(drop=True).copy()
-    from keel.serving.core import _outputs
+    nodes = 1
+    if engine == "ray" or (engine == "auto" and settings.ray_cluster and total > chunk_rows):
+        from keel import batch_ray
 
-    out["score"] = _outputs(np.asarray(scores))
+        scored, degraded, nodes = batch_ray.score(settings, model, predictor.version, out, chunk_rows)
+    else:
+        from keel.serving.core import _outputs
+
+        parts = []
+        for start in range(0, total, chunk_rows):
+            chunk = rows.iloc[start:start + chunk_rows]
+            parts.append(_score_chunk(settings, predictor, chunk, keyed))
+            if progress is not None:
+                progress(min(start + chunk_rows, total), total)
+        scored = _outputs(np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0])
+        degraded = np.concatenate([p[1] for p in parts])
+    out["score"] = scored
     out["degraded"] = degraded
     out["model"], out["version"] = model, predictor.version
     out["request_id"] = [f"{batch_id}-{i}" for i in range(total)]
-    return BatchResult(out, model, predictor.version, batch_id)
+    return BatchResult(out, model, predictor.version, batch_id, nodes)
 
 
 def run_scheduled(settings: Settings, model: str, date: str) -> dict[str, Any]:

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="serving and feature server: the largest request "
                                 "body accepted (413 beyond it, before anything is parsed)")
     start_timeout: float = Field(90.0, gt=0, description="seconds to wait for a service to become healthy")
+    ray_workers: int = Field(0, ge=0, le=16, description="local stack: Ray worker nodes `keel up` starts beside a "
+                             "Ray head (a multi-node Ray cluster on loopback); 0: none")
+    ray_port: int = Field(6380, ge=1, le=65000, description="local Ray head's GCS port (node managers on the next "
+                          "ports)")
+    ray_worker_cpus: int = Field(1, ge=1, description="CPUs each local Ray worker node offers")
+    ray_object_store_mb: int = Field(256, ge=80, description="object store of each local Ray node, MiB")
+    ray_address: str | None = Field(None, description="Ray cluster for batch scoring (host:port or ray://...; "
+                                    "on Kubernetes the KubeRay cluster's head); default: the local head when "
+                                    "KEEL_RAY_WORKERS > 0, else none (in-process)")
 
     @field_validator("home", "feature_repo", "project")
     @classmethod
@@ -155,6 +164,13 @@ class Settings(BaseSettings):
         if self.profile == "cluster":
             return f"http://{self._svc('mlflow', 5000)}"
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def ray_cluster(self) -> str | None:
+        """The Ray cluster batch scoring fans out on, if any."""
+        if self.ray_address:
+            return self.ray_address
+        return f"{self.host}:{self.ray_port}" if self.ray_workers > 0 and self.profile == "local" else None
 
     @property
     def redis_connection(self) -> str:

@@ -21,11 +21,14 @@ from keel.errors import KeelError
 @click.option("--version", "version", default=None, help="a version instead of an alias")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="rows scored at a time (bounds memory)")
+@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True,
+              help="ray: Ray Data across the Ray cluster (KEEL_RAY_ADDRESS or the local head); auto: Ray when "
+              "one is configured and the rows are more than one chunk")
 @click.option("--date", default=None, help="the spec's job: the logical date its {date} stands for (YYYY-MM-DD; "
               "default: today, UTC)")
 @click.pass_context
 def batch_score(ctx: click.Context, model: str, entities: str | None, out: str | None, alias: str,
-                version: str | None, chunk_rows: int, date: str | None) -> None:
+                version: str | None, chunk_rows: int, engine: str, date: str | None) -> None:
     """Score every row of ENTITIES with MODEL: point-in-time features from the offline store as of each
     row's event_timestamp, the serving runtime's own model code; writes the rows with score, degraded,
     model, version and request_id. Without --entities and --out, runs the model's batch_score job from
@@ -50,7 +53,8 @@ def batch_score(ctx: click.Context, model: str, entities: str | None, out: str |
         click.echo(f"scored {done:,}/{total:,} rows", err=True)
 
     result = batch.score(s, model, rows, alias=alias, version=version, chunk_rows=chunk_rows,
-                         progress=progress if len(rows) > chunk_rows else None)
+                         progress=progress if len(rows) > chunk_rows else None, engine=engine)
     where = batch.write(result.frame, out)
+    on = f" on {result.nodes} Ray nodes" if engine != "local" and result.nodes > 1 else ""
     click.echo(f"scored {len(result.frame):,} rows with {model} v{result.version} ({result.degraded:,} degraded) "
-               f"-> {where} (batch {result.batch_id})")
+               f"-> {where} (batch {result.batch_id}){on}")

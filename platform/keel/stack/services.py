@@ -23,7 +23,7 @@ class Service:
     port: int
     url: str
     command: list[str]
-    health: str  # "http:<path>" or "redis"
+    health: str  # "http:<path>", "redis" or "ray" (a Ray node: port open and joined)
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None  # writes config files before start
 
@@ -176,6 +176,9 @@ def build_services(s: Settings) -> dict[str, Service]:
     ]
     if s.retraining:
         services += retraining_services(s)
+    from keel.stack.ray_cluster import ray_services
+
+    services += ray_services(s)[0]
     return {svc.name: svc for svc in services}
 
 

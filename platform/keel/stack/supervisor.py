@@ -90,6 +90,7 @@ def _group_cpu_s(pgid: int) -> float:
 # a start that is still using CPU when start_timeout passes is slow (a busy machine), not stuck: it gets
 # up to this many times the timeout; one that has been idle for IDLE_S is given up on at the timeout
 BUSY_FACTOR, IDLE_S, PROGRESS_EVERY_S = 3.0, 5.0, 15.0
+RAY_STARTED = b"Ray runtime started."  # what `ray start` prints once its node has joined the cluster
 
 
 class Stack:
@@ -101,7 +102,11 @@ class Stack:
         self.settings = settings
         self.on_wait = on_wait
         self.base: dict[str, Service] = build_services(settings)
-        self.services: dict[str, Service] = {**self.base, **deployment_services(settings)}
+        from keel.stack.ray_cluster import ray_services
+
+        # after the platform services: Ray's worker nodes (they join the head), then model deployments
+        self.services: dict[str, Service] = {**self.base, **{w.name: w for w in ray_services(settings)[1]},
+                                             **deployment_services(settings)}
         self.run_dir = settings.home / "run"
         self.log_dir = settings.home / "logs"
 
@@ -129,7 +134,20 @@ class Stack:
     def _healthy(self, svc: Service) -> bool:
         if svc.health == "redis":
             return redis_ok(self.settings.host, svc.port)
+        if svc.health == "ray":  # a Ray node: its gRPC port open, and `ray start` saying it joined
+            return port_in_use(self.settings.host, svc.port) and self._logged_since_start(svc.name, RAY_STARTED)
         return http_ok(svc.url + svc.health.removeprefix("http:"))
+
+    def _logged_since_start(self, name: str, text: bytes) -> bool:
+        rec = self._record(name)
+        if rec is None:
+            return False
+        try:
+            with open(self.log_path(name), "rb") as log:
+                log.seek(int(rec.get("log_offset", 0)))
+                return text in log.read()
+        except OSError:
+            return False
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -179,12 +197,14 @@ class Stack:
         env = {**os.environ, **svc.env}
         fd = os.open(self.log_path(svc.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.fchmod(fd, 0o600)  # a log an earlier version wrote 0644
+        offset = os.fstat(fd).st_size  # where this start's output begins (the log is appended to)
         with os.fdopen(fd, "ab") as log:
             proc = subprocess.Popen(  # umask 077: what services write (databases, dumps, logs) is the user's only
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=env, cwd=self.settings.home, umask=0o077,
             )
-        rec = {"pid": proc.pid, "pgid": proc.pid, "start_time": _proc_start_time(proc.pid), "cmd": cmd}
+        rec = {"pid": proc.pid, "pgid": proc.pid, "start_time": _proc_start_time(proc.pid), "cmd": cmd,
+               "log_offset": offset}
         self._pidfile(svc.name).write_text(json.dumps(rec))
         return proc
 

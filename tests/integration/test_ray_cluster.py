@@ -1,0 +1,90 @@
+"""The local multi-node Ray cluster `keel up` starts (a head and two worker nodes, each its own raylet)
+and batch scoring fanned out over it with Ray Data: the same scores as in-process, from both workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keel.config import Settings
+from keel.stack import Stack
+from keel.stack.ray_cluster import temp_dir
+from tests.integration.test_batch_score import _fresh_entities
+
+RAY = ["ray-head", "ray-worker-1", "ray-worker-2"]
+
+
+def _free_block(n: int) -> int:
+    """The first of n consecutive free loopback ports (the head's GCS, then one node manager per node)."""
+    for base in range(31000, 60000, 97):
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports")
+
+
+def _ray_processes(s: Settings) -> list[int]:
+    mark = str(temp_dir(s)).encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_settings(stack: Stack, stack_settings: Settings) -> Iterator[Settings]:
+    s = stack_settings.model_copy(update={"ray_workers": 2, "ray_port": _free_block(4), "ray_worker_cpus": 1,
+                                          "ray_object_store_mb": 128})
+    cluster = Stack(s)
+    try:
+        states = {st.name: st.state for st in cluster.up(RAY)}
+        assert states == dict.fromkeys(RAY, "healthy"), states
+        yield s
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.down(RAY)
+    assert not _ray_processes(s), "Ray processes outlived `keel down`"
+
+
+def test_the_local_cluster_has_a_head_and_two_worker_nodes(ray_settings: Settings) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=ray_settings.ray_cluster, log_to_driver=False, configure_logging=False)
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    assert len(alive) == 3
+    assert sorted(n["Resources"].get("CPU", 0) for n in alive) == [0, 1, 1]  # the head schedules no work
+
+
+def test_batch_scores_on_ray_equal_in_process_and_use_both_workers(
+        ray_settings: Settings, served_model: dict[str, str], feature_data: dict[str, Path]) -> None:
+    from keel import batch
+
+    rows = _fresh_entities(feature_data, 40)
+    local = batch.score(ray_settings, served_model["name"], rows, engine="local")
+    on_ray = batch.score(ray_settings, served_model["name"], rows, chunk_rows=5, engine="ray")  # 8 blocks
+    assert on_ray.nodes == 2
+    assert on_ray.frame[["customer_id", "merchant_id"]].equals(rows[["customer_id", "merchant_id"]])
+    np.testing.assert_allclose(on_ray.frame["score"].to_numpy(dtype="float64"),
+                               local.frame["score"].to_numpy(dtype="float64"), rtol=0, atol=1e-9)
+    assert not on_ray.frame["degraded"].any() and on_ray.version == local.version
