@@ -88,3 +88,19 @@ def test_batch_scores_on_ray_equal_in_process_and_use_both_workers(
     np.testing.assert_allclose(on_ray.frame["score"].to_numpy(dtype="float64"),
                                local.frame["score"].to_numpy(dtype="float64"), rtol=0, atol=1e-9)
     assert not on_ray.frame["degraded"].any() and on_ray.version == local.version
+
+
+def test_a_training_set_joined_on_ray_equals_the_single_process_join(
+        ray_settings: Settings, feature_data: dict[str, Path]) -> None:
+    import pandas as pd
+
+    from keel.features import pit_ray, training
+
+    events = pd.read_parquet(feature_data["transactions"]).head(6000)
+    single = training.build(ray_settings, "fraud_model_v1", events, label="is_fraud")
+    on_ray = training.build(ray_settings, "fraud_model_v1", events, label="is_fraud", engine="ray")
+    assert on_ray.engine == "ray" and single.engine == "keel"
+    pd.testing.assert_frame_equal(on_ray.frame, single.frame)
+    assert on_ray.snapshot_hash == single.snapshot_hash  # the same content, so the same snapshot
+    _, nodes = pit_ray.join(ray_settings, "fraud_model_v1", events, partition_rows=1000)  # 6 partitions
+    assert nodes == 2

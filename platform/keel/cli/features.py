@@ -100,9 +100,12 @@ def features_materialize(ctx: click.Context, end: datetime | None, views: tuple[
 @click.option("--no-created-filter", is_flag=True,
               help="keep feature rows created after the event (a backfill whose created column is load time)")
 @click.option("--reason", default="", help="why --no-created-filter (recorded in lineage)")
+@click.option("--engine", type=click.Choice(["keel", "ray", "feast"]), default="keel", show_default=True,
+              help="keel: DuckDB in this process; ray: keel's join on partitions across the Ray cluster; feast: "
+              "Feast's own offline store")
 @click.pass_context
 def features_training_set(ctx: click.Context, model: str | None, feature_service: str | None, labels: Path | None,
-                          label: str | None, no_created_filter: bool, reason: str) -> None:
+                          label: str | None, no_created_filter: bool, reason: str, engine: str) -> None:
     """Point-in-time join of MODEL's labelled events against its feature service, snapshotted with a
     content hash (or any --feature-service with --labels)."""
     from keel.client import Client
@@ -110,7 +113,7 @@ def features_training_set(ctx: click.Context, model: str | None, feature_service
 
     client = Client(settings_of(ctx), progress=progress_printer())
     ts = client.training_set(model, feature_service=feature_service, labels=labels, label=label,
-                             filter_by_created_timestamp=not no_created_filter, reason=reason)
+                             filter_by_created_timestamp=not no_created_filter, reason=reason, engine=engine)
     for w in ts.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(render({"rows": len(ts.frame), "features": len(ts.features), "hash": ts.snapshot_hash,

@@ -98,15 +98,19 @@ def build(settings: Settings, feature_service: str, labels: pd.DataFrame | str |
           label: str | None = None, out_dir: Path | None = None, engine: str = "keel",
           filter_by_created_timestamp: bool = True, reason: str = "") -> TrainingSet:
     """Join labelled events to features as of each event's timestamp, with Feast's DuckDB offline-store
-    semantics: computed by keel's engine (default) or by Feast itself (``engine="feast"``).
+    semantics: computed by keel's engine (default), by keel's engine on partitions fanned out over the
+    Ray cluster (``engine="ray"``) or by Feast itself (``engine="feast"``).
 
     The created-timestamp rule (a feature row that *arrived* after the event was not there when the
     event was scored) stays on by default, because it is right for late data. When it alone leaves a
     large share of rows without features (a backfill, whose ``created`` column is its load time), the
     training set says so loudly; ``filter_by_created_timestamp=False`` turns it off, with a ``reason``
     that lineage records."""
-    if engine not in pit.ENGINES:
-        raise KeelError(f"unknown engine '{engine}'; valid choices: {', '.join(pit.ENGINES)}")
+    engines = (*pit.ENGINES, "ray")
+    if engine not in engines:
+        raise KeelError(f"unknown engine '{engine}'; valid choices: {', '.join(engines)}")
+    if engine == "ray" and not settings.ray_cluster:
+        raise KeelError("engine 'ray' needs a Ray cluster: KEEL_RAY_ADDRESS, or KEEL_RAY_WORKERS > 0 and `keel up`")
     if not filter_by_created_timestamp and not reason.strip():
         raise KeelError("turning off the created-timestamp filter needs a reason (recorded in lineage)")
     events = load_events(labels)
@@ -134,6 +138,10 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
     events[TIMESTAMP] = pd.to_datetime(events[TIMESTAMP], utc=True)
 
     def join(created: bool) -> tuple[Any, pd.DataFrame]:
+        if engine == "ray":  # keel's engine on partitions of the events, as Ray tasks across the cluster
+            from keel.features import pit_ray
+
+            return None, pit_ray.join(settings, feature_service, events, created)[0]
         if engine == "keel":
             job = pit.get_historical_features(store, events, service, filter_by_created_timestamp=created)
         else:
@@ -168,7 +176,7 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
         window_start=events[TIMESTAMP].min(), window_end=events[TIMESTAMP].max(),
         definition_hash=fstore.definition_hash(store, service),
         feature_views=sorted(p.name for p in service.feature_view_projections),
-        engine="keel" if pit.is_keel_job(job) else "feast",
+        engine="ray" if engine == "ray" else "keel" if pit.is_keel_job(job) else "feast",
         request_fields=request_cols, created_filter=created_filter, created_filter_reason=reason,
         warnings=warnings, feature_types=types,
     )
