@@ -64,6 +64,7 @@ def ray_settings(stack: Stack, stack_settings: Settings) -> Iterator[Settings]:
         ray.shutdown()
         cluster.down(RAY)
     assert not _ray_processes(s), "Ray processes outlived `keel down`"
+    assert not temp_dir(s).exists(), "Ray's session files outlived `keel down`"
 
 
 def test_the_local_cluster_has_a_head_and_two_worker_nodes(ray_settings: Settings) -> None:

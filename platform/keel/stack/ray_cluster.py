@@ -12,6 +12,7 @@ under ~100 bytes, too few for a deep KEEL_HOME).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,10 +44,13 @@ def ray_services(s: Settings) -> tuple[list[Service], list[Service]]:
     def prepare() -> None:
         temp_dir(s).mkdir(mode=0o700, exist_ok=True)
 
+    def cleanup() -> None:  # the head goes last: every node's session files with it
+        shutil.rmtree(temp_dir(s), ignore_errors=True)
+
     head = [Service(HEAD, s.ray_port, f"ray://{h}:{s.ray_port}",
                         [ray, "start", "--head", "--port", str(s.ray_port), "--node-manager-port",
                          str(s.ray_port + 1), "--num-cpus", "0", "--include-dashboard", "false", *common],
-                        "ray", env=dict(ENV), prepare=prepare)]
+                        "ray", env=dict(ENV), prepare=prepare, cleanup=cleanup)]
     workers = []
     for i in range(1, s.ray_workers + 1):
         port = s.ray_port + 1 + i

@@ -26,6 +26,7 @@ class Service:
     health: str  # "http:<path>", "redis" or "ray" (a Ray node: port open and joined)
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None  # writes config files before start
+    cleanup: Callable[[], None] | None = None  # removes what it kept outside KEEL_HOME, once stopped
 
 
 def _binary(name: str, apt_package: str) -> str:

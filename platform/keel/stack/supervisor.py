@@ -269,6 +269,9 @@ class Stack:
         with contextlib.suppress(ChildProcessError):  # reap if it is our child (tests)
             os.waitpid(pid, os.WNOHANG)
         self._pidfile(name).unlink(missing_ok=True)
+        svc = self.services.get(name)
+        if svc is not None and svc.cleanup is not None:
+            svc.cleanup()
         return True
 
     def down(self, names: list[str] | None = None) -> list[str]:
