@@ -139,7 +139,10 @@ def test_a_master_killed_under_load_fails_over_without_a_failed_request(
 
     from keel.serving.core import Predictor
 
-    predictor = Predictor.from_registry(cluster_settings, served_model["name"])
+    # a generous store timeout: a dead master refuses connections at once, and on a loaded CI machine a
+    # 100 ms timeout alone degrades stray answers, which would hide when the failover is really over
+    calm = cluster_settings.model_copy(update={"feature_timeout_ms": 1000.0})
+    predictor = Predictor.from_registry(calm, served_model["name"])
     instances = [[{"customer_id": c, "merchant_id": c % 50 + 1, "amount": 25.0}] for c in range(1, 200)]
     victim = redis.Redis(port=redis_cluster[0])
     pid = int(victim.info("server")["process_id"])
