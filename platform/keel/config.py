@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     _spec: Any = PrivateAttr(None)
+    _spec_of: Any = PrivateAttr(None)  # the project it was read for: a model_copy with another keeps none
 
     profile: Profile = Field("local", description="local: services on loopback; cluster: in-cluster names")
     home: Path = Field(Path(".keel"), description="state directory (databases, logs, pids, data)")
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="Ray cluster for batch scoring (host:port or ray://...; "
                                     "on Kubernetes the KubeRay cluster's head); default: the local head when "
                                     "KEEL_RAY_WORKERS > 0, else none (in-process)")
+    rayjob_template: Path | None = Field(None, description="cluster: the RayJob the chart renders (mounted in the "
+                                         "DAG step pods); a model with training.ray then trains as a RayJob")
+    rayjob_timeout_s: float = Field(6 * 3600.0, gt=0, description="how long a train step waits for its RayJob")
 
     @field_validator("home", "feature_repo", "project")
     @classmethod
@@ -116,10 +120,11 @@ class Settings(BaseSettings):
 
     def spec(self) -> Any:
         """The project spec (keel.project.ProjectSpec) these settings point at, read once."""
-        if self._spec is None:
+        if self._spec is None or self._spec_of != self.project:
             from keel import project
 
             self._spec = project.load(self.project) if self.project else project.load()
+            self._spec_of = self.project
         return self._spec
 
     @property

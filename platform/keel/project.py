@@ -66,14 +66,35 @@ CPU = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
 MEMORY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 
 
+class RayTrainingSpec(_Strict):
+    """The train step as a KubeRay RayJob (on a cluster): a Ray cluster of its own, ``workers`` worker
+    pods of these resources each, created for the run and removed after it. The training function
+    reaches it through keel.train_ray (KEEL_RAY_ADDRESS=auto there); ``KEEL_TRAIN_WORKERS`` tells it how
+    many workers there are."""
+
+    workers: int = Field(2, ge=1, le=64)
+    cpu: str = Field("2", pattern=CPU)
+    memory: str = Field("4Gi", pattern=MEMORY)
+    gpus: int = Field(0, ge=0)
+
+
 class TrainingSpec(_Strict):
     """Resources of the model's train step where it runs as a pod (a DAG with executor: kubernetes);
     unset values keep the chart's airflow.pipelines.resources. Written in Kubernetes quantities, checked
-    here so that a typo fails when the spec loads, not when the API server refuses the pod."""
+    here so that a typo fails when the spec loads, not when the API server refuses the pod. With ``ray``
+    the step's pod only submits a RayJob and waits: the resources are the Ray workers', per worker."""
 
     cpu: str | None = Field(None, pattern=CPU)
     memory: str | None = Field(None, pattern=MEMORY)
     gpus: int = Field(0, ge=0)
+    ray: RayTrainingSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_place_for_resources(self) -> TrainingSpec:
+        if self.ray is not None and (self.cpu or self.memory or self.gpus):
+            raise ValueError("with training.ray, give cpu, memory and gpus per worker under training.ray, "
+                             "not beside it (the step's own pod only submits the RayJob)")
+        return self
 
 
 class DriftSpec(_Strict):

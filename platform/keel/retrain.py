@@ -52,12 +52,32 @@ def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> 
     client = Client(settings)
     spec = client.model_spec(model)
     conf = validate_conf(conf, spec)
+    if spec.training.ray is not None and settings.rayjob_template is not None:
+        return _train_as_rayjob(settings, client, model, run_id, conf)
     ts = client.training_set(model, labels=conf["labels"])
     trained = client.project.entry_point(model)(ts, **conf["params"])
     v = client.register(trained.model, model, training_set=ts, holdout=trained.holdout, metrics=trained.metrics,
                         params=trained.params, idempotency_key=run_id,
                         reason=f"retrain {run_id}: {conf.get('reason', '')}".strip(), actor="airflow")
     return {"version": v.version, "training_set_hash": ts.snapshot_hash, "rows": len(ts.frame)}
+
+
+def _train_as_rayjob(settings: Settings, client: Any, model: str, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """The same step inside the run's RayJob (keel.rayjob); what it registered is found by the run id."""
+    from keel import rayjob
+    from keel.registry.client import Registry
+
+    registry = Registry(settings)
+    done = registry.by_idempotency_key(model, run_id)
+    job: dict[str, Any] = {}
+    if done is None:
+        job = rayjob.submit(settings, model, run_id, conf, client.model_spec(model).training.ray,
+                            on_status=lambda line: print(line, flush=True))
+        done = registry.by_idempotency_key(model, run_id)
+        if done is None:
+            raise KeelError(f"{job['ray_job']} succeeded but registered no version of '{model}' for run {run_id}")
+    return {"version": done.version, "training_set_hash": done.tags.get("keel.training_set_hash"),
+            "rows": int(done.tags.get("keel.training_rows", 0)), **job}
 
 
 def gate(settings: Settings, model: str, run_id: str, version: str) -> dict[str, Any]:

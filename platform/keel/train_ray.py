@@ -35,10 +35,11 @@ def _loop(config: dict[str, Any]) -> None:
 
 
 def fit_xgboost(training_set: Any, *, task: str = "binary", params: dict[str, Any] | None = None,
-                num_boost_round: int = 100, workers: int = 2, holdout_fraction: float = 0.2,
+                num_boost_round: int = 100, workers: int | None = None, holdout_fraction: float = 0.2,
                 settings: Settings | None = None) -> Trained:
     """Train on the training set's rows before the time split, across ``workers`` Ray Train workers;
-    holdout metrics computed here, as a single-process function computes them."""
+    holdout metrics computed here, as a single-process function computes them. ``workers`` defaults to
+    KEEL_TRAIN_WORKERS (set in a RayJob to the spec's training.ray.workers), else 2."""
     import ray
     import xgboost as xgb
     from ray.train import RunConfig, ScalingConfig
@@ -46,6 +47,8 @@ def fit_xgboost(training_set: Any, *, task: str = "binary", params: dict[str, An
 
     if task not in OBJECTIVE:
         raise KeelError(f"fit_xgboost: task '{task}' is not one of: {', '.join(OBJECTIVE)}")
+    if workers is None:
+        workers = int(os.environ.get("KEEL_TRAIN_WORKERS") or 2)
     if workers < 1:
         raise KeelError(f"fit_xgboost: workers must be at least 1, got {workers}")
     settings = settings or load_settings()

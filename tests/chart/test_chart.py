@@ -514,6 +514,13 @@ def test_network_policies_deny_by_default_and_allow_what_keel_needs(tmp_path: Pa
         assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
     assert {p["port"] for p in pols["keel-serving"]["ingress"][0]["ports"]} == {8080, 8000}
     assert {"keel-feast", "keel-pushgateway", "keel-controller"} <= set(pols)
+    # every Ray cluster's nodes reach each other; the KubeRay operator reaches the head's dashboard only
+    ray = pols.pop("keel-ray")
+    assert ray["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "keel", "ray.io/is-ray-node": "yes"}
+    assert ray["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "keel"}}}]},
+        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}],
+         "ports": [{"port": 8265, "protocol": "TCP"}]}]
     # every pod the chart runs is selected by some policy besides default deny
     selected = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for n, p in pols.items()
                 if n != "keel-default-deny"}

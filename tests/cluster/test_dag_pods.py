@@ -110,6 +110,11 @@ def test_dag_built_pods_are_admitted_and_carry_the_release_and_the_model(kubecon
         assert {(v.name, v.persistent_volume_claim.claim_name) for v in accepted.spec.volumes
                 if v.persistent_volume_claim} == {("training-sets", "lend-keel-training-sets")}
         assert "/var/lib/keel/training-sets" in [m.mount_path for m in base.volume_mounts]
+        # the chart's RayJob, for a model with training.ray (keel.rayjob reads it there)
+        assert plain["KEEL_RAYJOB_TEMPLATE"] == "/etc/keel/rayjob/rayjob.json"
+        assert {(v.name, v.config_map.name) for v in accepted.spec.volumes if v.config_map} == {
+            ("rayjob", "lend-keel-rayjob")}
+        assert "/etc/keel/rayjob" in [m.mount_path for m in base.volume_mounts]
         if dag == "keel_materialize":
             assert base.command + base.args == ["keel", "features", "materialize"]
             continue

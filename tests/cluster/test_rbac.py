@@ -47,9 +47,9 @@ def test_the_controller_may_read_and_patch_its_releases_serving_objects_only(kub
 
 def test_the_dag_pods_and_airflow_may_do_what_a_retraining_run_needs_only(kubeconfig: Path, namespace: str,
                                                                          tmp_path: Path) -> None:
-    """The DAG steps' ServiceAccount rolls out (get/patch the serving objects) and nothing more; Airflow's
-    worker ServiceAccount (another namespace) may run the step pods here: create, watch, logs, the XCom
-    sidecar's exec, delete — and touch nothing else of the release."""
+    """The DAG steps' ServiceAccount rolls out (get/patch the serving objects), runs training RayJobs, and
+    nothing more; Airflow's worker ServiceAccount (another namespace) may run the step pods here: create,
+    watch, logs, the XCom sidecar's exec, delete — and touch nothing else of the release."""
     install(kubeconfig, tmp_path, "keel", namespace, "minimal")
     sa_groups = ["system:serviceaccounts", "system:authenticated"]
     steps = f"system:serviceaccount:{namespace}:keel-pipeline"
@@ -58,6 +58,11 @@ def test_the_dag_pods_and_airflow_may_do_what_a_retraining_run_needs_only(kubeco
         matrix += [(steps, v, group, resource, namespace, True) for v in ("get", "patch")]
         matrix += [(steps, v, group, resource, namespace, False) for v in ("create", "delete", "list")]
         matrix.append((steps, "patch", group, resource, "default", False))
+    # a model with training.ray: the train step runs its RayJob (create, follow, replace a failed one)
+    matrix += [(steps, v, "ray.io", "rayjobs", namespace, True) for v in ("create", "get", "delete")]
+    matrix += [(steps, v, "ray.io", "rayjobs", namespace, False) for v in ("list", "patch", "update")]
+    matrix += [(steps, "create", "ray.io", "rayjobs", "default", False),
+               (steps, "create", "ray.io", "rayclusters", namespace, False)]
     matrix += [(steps, v, "", "secrets", namespace, False) for v in ("get", "list")]
     matrix += [(steps, "create", "", "pods", namespace, False), (steps, "get", "", "configmaps", namespace, False),
                (steps, "patch", "apps", "deployments", namespace, False)]

@@ -195,18 +195,89 @@ spec:
         {{- end }}
       env:
         - {name: KEEL_SNAPSHOT_URI, value: {{ .Values.trainingSets.uri | default "/var/lib/keel/training-sets" | quote }}}
+        - {name: KEEL_RAYJOB_TEMPLATE, value: /etc/keel/rayjob/rayjob.json}
         {{- include "keel.secretEnv" . | nindent 8 }}
       resources: {{- toYaml .Values.airflow.pipelines.resources | nindent 8 }}
       securityContext: {{- include "keel.containerSecurity" . | nindent 8 }}
       volumeMounts:
         - {name: tmp, mountPath: /tmp}
+        - {name: rayjob, mountPath: /etc/keel/rayjob, readOnly: true}
         {{- if not .Values.trainingSets.uri }}
         - {name: training-sets, mountPath: /var/lib/keel/training-sets}
         {{- end }}
   volumes:
     - {name: tmp, emptyDir: {}}
+    - name: rayjob
+      configMap: {name: {{ include "keel.fullname" . }}-rayjob}
     {{- if not .Values.trainingSets.uri }}
     - name: training-sets
       persistentVolumeClaim: {claimName: {{ include "keel.fullname" . }}-training-sets}
     {{- end }}
+{{- end -}}
+{{/* One Ray node of a training RayJob; call with (list $ "ray-head"|"ray-worker" resources). Labelled as
+the release's "train" component: the release's Redis, MLflow and Postgres admit it like a step pod. */}}
+{{- define "keel.rayTrainNode" -}}
+{{- $ := index . 0 }}
+metadata:
+  labels: {{- include "keel.selector" (list $ "train") | nindent 4 }}
+spec:
+  automountServiceAccountToken: false
+  securityContext: {{- include "keel.podSecurity" $ | nindent 4 }}
+  {{- include "keel.pullSecrets" $ | nindent 2 }}
+  containers:
+    - name: {{ index . 1 }}
+      image: {{ include "keel.platformImage" $ }}
+      imagePullPolicy: {{ $.Values.image.pullPolicy }}
+      envFrom:
+        - configMapRef: {name: {{ include "keel.fullname" $ }}-env}
+        {{- with $.Values.trainingSets.s3Secret }}
+        - secretRef: {name: {{ . }}}
+        {{- end }}
+      env:
+        - {name: KEEL_SNAPSHOT_URI, value: {{ $.Values.trainingSets.uri | default "/var/lib/keel/training-sets" | quote }}}
+        - {name: KEEL_RAY_ADDRESS, value: auto}
+        - {name: RAY_AUTH_MODE, value: disabled}
+        {{- include "keel.secretEnv" $ | nindent 8 }}
+      resources: {{- toYaml (index . 2) | nindent 8 }}
+      securityContext: {{- include "keel.containerSecurity" $ | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        {{- if not $.Values.trainingSets.uri }}
+        - {name: training-sets, mountPath: /var/lib/keel/training-sets}
+        {{- end }}
+  volumes:
+    - {name: tmp, emptyDir: {}}
+    {{- if not $.Values.trainingSets.uri }}
+    - name: training-sets
+      persistentVolumeClaim: {claimName: {{ include "keel.fullname" $ }}-training-sets}
+    {{- end }}
+{{- end -}}
+{{/* The RayJob a model with training.ray trains in: keel (keel.rayjob) names it, sets the entrypoint
+(`python -m keel.retrain train ...`), the worker count and their resources from the spec. HTTPMode: the
+operator submits to the head itself, so there is no submitter pod to secure. */}}
+{{- define "keel.rayJob" -}}
+{{- $r := .Values.airflow.pipelines.rayJob }}
+apiVersion: ray.io/v1
+kind: RayJob
+metadata:
+  namespace: {{ .Release.Namespace }}
+  labels: {{- include "keel.componentLabels" (list . "train") | nindent 4 }}
+spec:
+  entrypoint: ""
+  submissionMode: HTTPMode
+  shutdownAfterJobFinishes: true
+  ttlSecondsAfterFinished: {{ $r.ttlSecondsAfterFinished }}
+  activeDeadlineSeconds: {{ $r.activeDeadlineSeconds }}
+  backoffLimit: 0
+  rayClusterSpec:
+    headGroupSpec:
+      rayStartParams: {num-cpus: "0"}
+      template: {{- include "keel.rayTrainNode" (list . "ray-head" $r.headResources) | nindent 8 }}
+    workerGroupSpecs:
+      - groupName: train
+        replicas: 1
+        minReplicas: 1
+        maxReplicas: 1
+        rayStartParams: {}
+        template: {{- include "keel.rayTrainNode" (list . "ray-worker" .Values.airflow.pipelines.resources) | nindent 10 }}
 {{- end -}}

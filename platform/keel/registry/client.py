@@ -138,6 +138,12 @@ class Registry:
                                              reason=reason, details=dict(details)))
 
     # -- register -----------------------------------------------------------------------------
+    def by_idempotency_key(self, name: str, key: str) -> VersionInfo | None:
+        """The version registered with ``key`` (a retraining run's id), if any: how a step that trained
+        elsewhere (a RayJob) finds what the run registered."""
+        found = self.client.search_model_versions(f"name='{name}' and tag.`keel.idempotency_key`='{key}'")
+        return self.version(name, str(found[0].version)) if found else None
+
     def register(self, model: Any, name: str, training_set: TrainingSet, holdout: pd.DataFrame,
                  metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
                  idempotency_key: str | None = None, reason: str = "", actor: str | None = None,
@@ -158,9 +164,9 @@ class Registry:
 
         client = self.client
         if idempotency_key:
-            found = client.search_model_versions(f"name='{name}' and tag.`keel.idempotency_key`='{idempotency_key}'")
-            if found:
-                return self.version(name, str(found[0].version))
+            earlier = self.by_idempotency_key(name, idempotency_key)
+            if earlier is not None:
+                return earlier
         feats, label = training_set.features, training_set.label
         if not label:
             raise KeelError("training set has no label column; a registered model needs one to be gated")
