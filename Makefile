@@ -32,7 +32,7 @@ test: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/python -m pytest
 
-# make bench [BENCH=full] [ONLY=online,saturation,hang,oversize,materialize,pit,drift]
+# make bench [BENCH=full] [ONLY=online,saturation,hang,oversize,batch,materialize,pit,pit_ray,rediscluster,drift]
 BENCH ?= quick
 bench: setup
 	@bash platform/scripts/setup.sh bench

@@ -44,6 +44,7 @@ class Profile:
     drift_reference: int
     drift_current: int
     drift_columns: int
+    batch_rows: int               # batch scoring (the endpoint loop gets at most 2,000 of them)
 
 
 PROFILES = {
@@ -51,14 +52,14 @@ PROFILES = {
                      saturation_seconds=1.0, saturation_levels=(1, 4, 16), mat_entities=100_000, mat_features=50,
                      mat_feast_entities=5_000, pit_feature_rows=1_000_000, pit_entity_rows=100_000,
                      pit_file_store_rows=1_000_000, drift_reference=100_000, drift_current=50_000,
-                     drift_columns=50),
+                     drift_columns=50, batch_rows=50_000),
     # full: the sizes for the batch jobs; serving at 400 requests per phase and 5 s per level keeps
     # the whole profile near an hour on 2 cores
     "full": Profile("full", runs=5, online_entities=100_000, online_requests=400, online_rate=40.0,
                     saturation_seconds=5.0, saturation_levels=(1, 2, 4, 8, 16, 32), mat_entities=1_000_000,
                     mat_features=50, mat_feast_entities=50_000, pit_feature_rows=10_000_000,
                     pit_entity_rows=1_000_000, pit_file_store_rows=10_000_000, drift_reference=1_000_000,
-                    drift_current=100_000, drift_columns=50),
+                    drift_current=100_000, drift_columns=50, batch_rows=500_000),
 }
 
 

@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PROFILES, Row, machine, say  # noqa: E402
 
-SCENARIOS = ("online", "saturation", "hang", "oversize", "materialize", "pit", "drift")
+SCENARIOS = ("online", "saturation", "hang", "oversize", "batch", "materialize", "pit", "pit_ray", "rediscluster",
+             "drift")
 
 
 def _fmt(v: float) -> str:
@@ -97,15 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             return rows
 
         scenario("online/saturation", serving)
-    if "hang" in only or "oversize" in only:
-        from bench import faults, online, oversize
+    if {"hang", "oversize", "batch"} & set(only):
+        from bench import faults, online, oversize, scale
 
-        def faulty() -> list[Row]:  # one world (stack, repo, model) for both
+        def faulty() -> list[Row]:  # one world (stack, repo, model) for all three
             with online.world(profile, t / "faults") as w:
                 return ((faults.run(profile, w) if "hang" in only else [])
-                        + (oversize.run(profile, w) if "oversize" in only else []))
+                        + (oversize.run(profile, w) if "oversize" in only else [])
+                        + (scale.batch_rows(profile, w) if "batch" in only else []))
 
-        scenario("hang/oversize", faulty)
+        scenario("hang/oversize/batch", faulty)
     if "materialize" in only:
         from bench import materialize
 
@@ -114,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench import pit
 
         scenario("pit", lambda: pit.run(profile, t / "pit"))
+    if "pit_ray" in only:
+        from bench import scale
+
+        scenario("pit_ray", lambda: scale.pit_ray_rows(profile, t / "pit_ray"))
+    if "rediscluster" in only:
+        from bench import scale
+
+        scenario("rediscluster", lambda: scale.rediscluster_rows(profile, t / "rediscluster"))
     if "drift" in only:
         from bench import drift
 

@@ -16,77 +16,27 @@ from pydantic import SecretStr
 
 from keel.config import Settings
 from keel.features import store
-from keel.infra.probes import redis_ok, wait_until
-from tests.conftest import free_ports
+from keel.infra.probes import wait_until
 from tests.integration.conftest import DATA_END
-
-# long enough that a busy CI machine (a materialization next door) does not fail masters over by itself
-NODE_TIMEOUT_MS = 3000
-
-
-def _cluster_ok(ports: list[int]) -> bool:
-    for p in ports:
-        try:
-            info = redis.Redis(port=p, socket_timeout=1).cluster("info")
-        except redis.RedisError:
-            return False
-        if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
-            return False
-    return True
-
-
-class Nodes(list[int]):
-    """The ports of the cluster's nodes, and the directory of their files (logs, nodes.conf)."""
-
-    root: Path
+from tests.rediscluster import Nodes, cluster_ok
+from tests.rediscluster import redis_cluster as start_cluster
 
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    """Ports of six cluster nodes (masters first, as `--cluster create` assigns them); all stopped at the end."""
-    root = tmp_path_factory.mktemp("redis-cluster")
-    picked = free_ports(12)  # bus ports given too: port + 10000 may not exist or be free
-    ports, bus = picked[:6], picked[6:]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for p, b in zip(ports, bus, strict=True):
-            d = root / str(p)
-            d.mkdir()
-            with open(d / "redis.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-port", str(b), "--cluster-config-file", str(d / "nodes.conf"),
-                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(d),
-                     "--save", "", "--appendonly", "no"],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
-        for p in ports:
-            assert wait_until(lambda p=p: redis_ok("127.0.0.1", p), 30), f"cluster node on {p} did not start"
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        assert wait_until(lambda: _cluster_ok(ports), 60, interval=0.5), "the cluster did not reach state ok"
-        nodes = Nodes(ports)
-        nodes.root = root
+    """Six cluster nodes (tests/rediscluster.py); all stopped at the end."""
+    with start_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
         yield nodes
-    finally:
-        for proc in procs:
-            proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 @pytest.fixture(scope="module")
-def cluster_settings(redis_cluster: list[int], stack_settings: Settings, feature_data: dict[str, Path],
+def cluster_settings(redis_cluster: Nodes, stack_settings: Settings, feature_data: dict[str, Path],
                      tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The session's repo and data, its online store on the cluster (and a registry of its own)."""
     registry = tmp_path_factory.mktemp("cluster-registry") / "registry.db"
     s = stack_settings.model_copy(update={
         "redis_type": "redis_cluster", "feast_registry": SecretStr(str(registry)),
-        "redis_address": ",".join(f"127.0.0.1:{p}" for p in redis_cluster[:3])})
+        "redis_address": redis_cluster.address})
     store.apply(s)
     store.materialize(s, end=DATA_END)
     return s
@@ -191,7 +141,7 @@ def test_a_master_killed_under_load_fails_over_without_a_failed_request(
     calm = cluster_settings.model_copy(update={"feature_timeout_ms": 1000.0})
     predictor = Predictor.from_registry(calm, served_model["name"])
     instances = [[{"customer_id": c, "merchant_id": c % 50 + 1, "amount": 25.0}] for c in range(1, 200)]
-    assert wait_until(lambda: _cluster_ok(redis_cluster), 30, interval=0.5), _cluster_report(redis_cluster)
+    assert wait_until(lambda: cluster_ok(redis_cluster), 30, interval=0.5), _cluster_report(redis_cluster)
     victim_port = _a_master(redis_cluster)
     victim = redis.Redis(port=victim_port)
     pid = int(victim.info("server")["process_id"])
