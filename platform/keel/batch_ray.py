@@ -63,7 +63,8 @@ def score(settings: Settings, model: str, version: str, rows: pd.DataFrame, chun
     scored = data.map_batches(_Scorer, fn_constructor_kwargs={"env": settings.as_env(), "model": model,
                                                               "version": version, "chunk_rows": chunk_rows},
                               batch_size=chunk_rows, batch_format="pandas", num_cpus=1,
-                              concurrency=max(1, min(actors or cpus, blocks, cpus))).to_pandas()
+                              compute=ray.data.ActorPoolStrategy(size=max(1, min(actors or cpus, blocks, cpus)))
+                              ).to_pandas()
     scored = scored.sort_values(ROW, kind="mergesort")
     if len(scored) != n:
         raise RuntimeError(f"Ray returned {len(scored)} scored rows for {n}")
