@@ -108,6 +108,10 @@ class AuditLog:
         return out
 
 
+# pg_advisory_xact_lock key of the audit table's creation (alias locks hash model names into their own keys)
+DDL_LOCK_KEY = 0x6B65656C00  # "keel\0"
+
+
 class AuditDB:
     """Audit records in a SQL database (SQLAlchemy URI): table ``keel_audit``, created on first use."""
 
@@ -134,11 +138,18 @@ class AuditDB:
 
     def _ready(self) -> None:
         """Create the table on first use (not at construction: a serving pod that never audits must not
-        depend on the database)."""
+        depend on the database). Pods of a release start together: on Postgres the check-then-create runs
+        under a transaction-scoped advisory lock, so two first writers cannot both create the table (the
+        loser's CREATE would violate the catalog's unique type name)."""
         if self._created:
             return
         with self._errors():
-            self._meta.create_all(self.engine, checkfirst=True)
+            if self.engine.dialect.name == "postgresql":
+                with self.engine.begin() as conn:
+                    conn.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK_KEY})
+                    self._meta.create_all(conn, checkfirst=True)
+            else:
+                self._meta.create_all(self.engine, checkfirst=True)
         self._created = True
 
     @contextlib.contextmanager
