@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,30 +30,15 @@ from bench.common import Profile, Row, better_ratio, client_cpus, median, redis_
 RAY = ["ray-head", "ray-worker-1", "ray-worker-2"]
 
 
-def _free_block(n: int) -> int:
-    for base in range(31000, 60000, 97):
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports")
-
-
 @contextlib.contextmanager
 def ray_cluster(home: Path) -> Iterator[str]:
     """keel's local Ray cluster (a head with no CPUs, 2 worker nodes of 1 CPU each); yields its address."""
+    from tests.conftest import free_block
+
     from keel.config import load_settings
     from keel.stack import Stack
 
-    s = load_settings(home=home, ray_workers=2, ray_port=_free_block(4), ray_worker_cpus=1,
+    s = load_settings(home=home, ray_workers=2, ray_port=free_block(4), ray_worker_cpus=1,
                       ray_object_store_mb=512, pushgateway_port=1)
     stack = Stack(s)
     say("starting a local Ray cluster (head + 2 workers)")

@@ -26,6 +26,25 @@ PORT_FIELDS = ("mlflow_port", "redis_port", "prometheus_port", "pushgateway_port
 _HANDED_OUT: set[int] = set()  # every port this test process has given to some stack
 
 
+def free_block(n: int) -> int:
+    """The first of n consecutive free loopback ports (a local Ray cluster: the head's GCS, then one node
+    manager per node)."""
+    for base in range(31000, 60000, 97):
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports")
+
+
 def free_ports(n: int) -> list[int]:
     """Ports free now and never handed out before in this test process. A stack that was given a port it
     does not bind (no controller without retraining) must not see it go to another stack: its

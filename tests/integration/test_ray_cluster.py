@@ -4,7 +4,6 @@ and batch scoring fanned out over it with Ray Data: the same scores as in-proces
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,27 +13,10 @@ import pytest
 from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.ray_cluster import temp_dir
+from tests.conftest import free_block
 from tests.integration.test_batch_score import _fresh_entities
 
 RAY = ["ray-head", "ray-worker-1", "ray-worker-2"]
-
-
-def _free_block(n: int) -> int:
-    """The first of n consecutive free loopback ports (the head's GCS, then one node manager per node)."""
-    for base in range(31000, 60000, 97):
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports")
 
 
 def _ray_processes(s: Settings) -> list[int]:
@@ -51,7 +33,7 @@ def _ray_processes(s: Settings) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_settings(stack: Stack, stack_settings: Settings) -> Iterator[Settings]:
-    s = stack_settings.model_copy(update={"ray_workers": 2, "ray_port": _free_block(4), "ray_worker_cpus": 1,
+    s = stack_settings.model_copy(update={"ray_workers": 2, "ray_port": free_block(4), "ray_worker_cpus": 1,
                                           "ray_object_store_mb": 128})
     cluster = Stack(s)
     try:
