@@ -53,7 +53,7 @@ def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> 
     spec = client.model_spec(model)
     conf = validate_conf(conf, spec)
     if spec.training.ray is not None and settings.rayjob_template is not None:
-        return _train_as_rayjob(settings, client, model, run_id, conf)
+        return _train_as_rayjob(settings, spec.training.ray, model, run_id, conf)
     ts = client.training_set(model, labels=conf["labels"])
     trained = client.project.entry_point(model)(ts, **conf["params"])
     v = client.register(trained.model, model, training_set=ts, holdout=trained.holdout, metrics=trained.metrics,
@@ -62,7 +62,7 @@ def train(settings: Settings, model: str, run_id: str, conf: dict[str, Any]) -> 
     return {"version": v.version, "training_set_hash": ts.snapshot_hash, "rows": len(ts.frame)}
 
 
-def _train_as_rayjob(settings: Settings, client: Any, model: str, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+def _train_as_rayjob(settings: Settings, ray: Any, model: str, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     """The same step inside the run's RayJob (keel.rayjob); what it registered is found by the run id."""
     from keel import rayjob
     from keel.registry.client import Registry
@@ -71,8 +71,7 @@ def _train_as_rayjob(settings: Settings, client: Any, model: str, run_id: str, c
     done = registry.by_idempotency_key(model, run_id)
     job: dict[str, Any] = {}
     if done is None:
-        job = rayjob.submit(settings, model, run_id, conf, client.model_spec(model).training.ray,
-                            on_status=lambda line: print(line, flush=True))
+        job = rayjob.submit(settings, model, run_id, conf, ray, on_status=lambda line: print(line, flush=True))
         done = registry.by_idempotency_key(model, run_id)
         if done is None:
             raise KeelError(f"{job['ray_job']} succeeded but registered no version of '{model}' for run {run_id}")
