@@ -31,6 +31,23 @@ class Nodes(list[int]):
         return ",".join(f"127.0.0.1:{p}" for p in self[:3])
 
 
+def replicas_synced(ports: list[int]) -> bool:
+    """Every replica has finished its first sync with its master. Until then a replica is not eligible to
+    take over (its data is of unknown age), so a master killed earlier is never failed over: state ok
+    alone does not say the cluster survives a master's loss."""
+    replicas = 0
+    for p in ports:
+        try:
+            info = redis.Redis(port=p, socket_timeout=1).info("replication")
+        except redis.RedisError:
+            return False
+        if info.get("role") == "slave":
+            replicas += 1
+            if info.get("master_link_status") != "up" or int(info.get("master_sync_in_progress", 0)):
+                return False
+    return replicas == len(ports) // 2
+
+
 def cluster_ok(ports: list[int]) -> bool:
     for p in ports:
         try:
@@ -57,7 +74,7 @@ def redis_cluster(root: Path, taskset: list[int] | None = None) -> Iterator[Node
                     [*prefix, "redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                      "--cluster-port", str(b), "--cluster-config-file", str(d / "nodes.conf"),
                      "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(d),
-                     "--save", "", "--appendonly", "no"],
+                     "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
         for p in ports:
             if not wait_until(lambda p=p: redis_ok("127.0.0.1", p), 30):
@@ -66,6 +83,8 @@ def redis_cluster(root: Path, taskset: list[int] | None = None) -> Iterator[Node
                         "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         if not wait_until(lambda: cluster_ok(ports), 60, interval=0.5):
             raise RuntimeError("the Redis Cluster did not reach state ok")
+        if not wait_until(lambda: replicas_synced(ports), 60, interval=0.5):
+            raise RuntimeError(f"the Redis Cluster's replicas did not finish their first sync (logs: {root})")
         nodes = Nodes(ports)
         nodes.root = root
         yield nodes
