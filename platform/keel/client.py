@@ -122,13 +122,17 @@ class Client:
         spec = self.spec_of(model)
         serving = spec.serving if spec else None
         target = LocalTarget(self.settings)
-        chosen = port or free_port(self.settings, target, model)
+        runtime = runtime or (serving.runtime if serving else "kserve")
+        shared = self.settings.ray_serve_port if runtime == "ray" and self.settings.ray_cluster else None
+        if shared and port and port != shared:
+            raise KeelError(f"--port {port}: on the shared Ray cluster every model answers on its Serve port "
+                            f"{shared} (KEEL_RAY_SERVE_PORT), under /{model}; leave --port out")
+        chosen = port or shared or free_port(self.settings, target, model)
         settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
                                      "sample_rate": serving.sample_rate} if serving else {})
         settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins
-        return target.deploy(ServeSpec(
-            model=model, alias=alias, version=version, port=chosen, feature_service=feature_service,
-            runtime=runtime or (serving.runtime if serving else "kserve"), **settings))
+        return target.deploy(ServeSpec(model=model, alias=alias, version=version, port=chosen,
+                                       feature_service=feature_service, runtime=runtime, **settings))
 
     def undeploy(self, model: str) -> None:
         from keel.serving.deploy import LocalTarget

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     mlflow_db_uri: SecretStr | None = Field(
         None, description="local stack: SQLAlchemy URI of MLflow's backend store (e.g. postgresql+psycopg://user:"
         "pass@host:5432/mlflow, as the chart runs it); default: SQLite in KEEL_HOME/mlflow")
+    database: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="local stack: where MLflow's backend store, Feast's registry and the audit "
+        "records live: SQLite and files in KEEL_HOME (zero setup), or a local Postgres that `keel up` starts "
+        "(one database each, as the chart runs them); an explicit KEEL_MLFLOW_DB_URI, KEEL_FEAST_REGISTRY or "
+        "KEEL_AUDIT_DB still wins")
+    postgres_port: int = Field(5442, ge=1, le=65535, description="local Postgres (KEEL_DATABASE=postgres): the "
+                               "port its Unix socket is named by (it opens no TCP port)")
     audit_db: SecretStr | None = Field(
         None, description="SQLAlchemy URI of the database audit records go to (cluster: the platform's "
         "Postgres); default: KEEL_HOME/audit.jsonl")
@@ -106,9 +113,12 @@ class Settings(BaseSettings):
                           "ports)")
     ray_worker_cpus: int = Field(1, ge=1, description="CPUs each local Ray worker node offers")
     ray_object_store_mb: int = Field(256, ge=80, description="object store of each local Ray node, MiB")
-    ray_address: str | None = Field(None, description="Ray cluster for batch scoring (host:port or ray://...; "
-                                    "on Kubernetes the KubeRay cluster's head); default: the local head when "
-                                    "KEEL_RAY_WORKERS > 0, else none (in-process)")
+    ray_serve_port: int = Field(8480, ge=1, le=65535, description="the shared Ray cluster's Serve HTTP port: every "
+                                "model deployed with the Ray runtime on it answers there under /<model>")
+    ray_address: str | None = Field(None, description="Ray cluster for batch scoring, training and the Ray "
+                                    "serving runtime (host:port or ray://...; on Kubernetes the KubeRay "
+                                    "cluster's head); default: the local head when KEEL_RAY_WORKERS > 0, else "
+                                    "none (in-process)")
     rayjob_template: Path | None = Field(None, description="cluster: the RayJob the chart renders (mounted in the "
                                          "DAG step pods); a model with training.ray then trains as a RayJob")
     rayjob_timeout_s: float = Field(6 * 3600.0, gt=0, description="how long a train step waits for its RayJob")
@@ -172,10 +182,45 @@ class Settings(BaseSettings):
 
     @property
     def ray_cluster(self) -> str | None:
-        """The Ray cluster batch scoring fans out on, if any."""
+        """The Ray cluster batch scoring, training and the Ray serving runtime use, if any."""
         if self.ray_address:
             return self.ray_address
         return f"{self.host}:{self.ray_port}" if self.ray_workers > 0 and self.profile == "local" else None
+
+    @property
+    def ray_serve_host(self) -> str:
+        """Where the shared Ray cluster's Serve proxy listens: its head (the proxy runs there only)."""
+        if not self.ray_address:
+            return self.host
+        return self.ray_address.removeprefix("ray://").rpartition(":")[0] or self.host
+
+    def _local_db(self, name: str) -> str | None:
+        if self.database != "postgres" or self.profile != "local":
+            return None
+        from keel.stack import postgres
+
+        return postgres.uri(self, name)
+
+    @property
+    def mlflow_backend_uri(self) -> str:
+        """MLflow's backend store on the local stack: KEEL_MLFLOW_DB_URI, else the local Postgres's or SQLite."""
+        if self.mlflow_db_uri:
+            return self.mlflow_db_uri.get_secret_value()
+        return self._local_db("mlflow") or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def feast_registry_uri(self) -> str:
+        """Feast's registry: KEEL_FEAST_REGISTRY, else the local Postgres's database; "" for the file."""
+        if self.feast_registry:
+            return self.feast_registry.get_secret_value()
+        return self._local_db("feast") or ""
+
+    @property
+    def audit_db_uri(self) -> str | None:
+        """The audit records' database: KEEL_AUDIT_DB, else the local Postgres's; None for the JSONL file."""
+        if self.audit_db:
+            return self.audit_db.get_secret_value()
+        return self._local_db("audit")
 
     @property
     def redis_connection(self) -> str:

@@ -174,10 +174,10 @@ def run_demo(settings: Settings, rows: int | None = None, model: str | None = No
     champion = registry.resolve(model, "champion")
     target = LocalTarget(settings)
     existing = target.specs().get(model)
-    port = existing.port if existing else settings.serving_port
-    step(f"serving champion v{champion.version} with {spec.serving.runtime} on port {port} "
-         "(features looked up from Redis)")
+    port = existing.port if existing and not existing.route_prefix else None  # else the first free one
+    step(f"serving champion v{champion.version} with {spec.serving.runtime} (features looked up from Redis)")
     deployed = client.deploy(model, "champion", port=port)
+    step(f"serving at {deployed.url}")
     drift_report = _drift_loop(settings, model, ts, project.demo.drift, step) if drift and project.demo.drift else []
     instances = _instances(ts, 5)
     served = predict_local(settings, model, instances)

@@ -52,6 +52,8 @@ setup_system() {
   [ -x /usr/bin/prometheus ] || missing+=(prometheus)
   [ -x /usr/bin/prometheus-pushgateway ] || missing+=(prometheus-pushgateway)
   [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+  # the platform database for KEEL_DATABASE=postgres and the registry tests (the chart's Postgres)
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${missing[*]}"

@@ -82,3 +82,41 @@ def test_feast_sql_registry_on_postgres_serves_what_it_materialized(
     ours = fs.get_online_features(features=refs, entity_rows=customers).to_dict()
     base = store.open_store(stack_settings).get_online_features(features=refs, entity_rows=customers).to_dict()
     assert ours == base and any(v is not None for v in ours["txn_count_24h"])
+
+
+def test_keel_up_with_a_local_postgres_keeps_the_platform_databases_there(
+        training_set: object, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """KEEL_DATABASE=postgres: `keel up` starts Postgres first (a Unix socket, no TCP port) and MLflow's
+    backend store, Feast's registry and the audit records are its databases; they survive a restart."""
+    from examples.fraud.fraud_model import train_fraud_model
+
+    from keel.infra.probes import port_in_use
+    from keel.registry.client import Registry
+    from keel.stack import postgres as pg
+
+    home = tmp_path_factory.mktemp("pgup") / "keel"
+    s = stack_settings.model_copy(update={"home": home, "mlflow_port": free_ports(1)[0], "database": "postgres",
+                                          "postgres_port": free_ports(1)[0]})
+    assert s.audit_db_uri == pg.uri(s, "audit") and s.feast_registry_uri == pg.uri(s, "feast")
+    stack = Stack(s)
+    try:
+        assert {st.name: st.state for st in stack.up(["postgres", "mlflow"])} == {
+            "postgres": "healthy", "mlflow": "healthy"}
+        assert not port_in_use(s.host, s.postgres_port)  # its socket only
+        name = "fraud_pg_up"
+        trained = train_fraud_model(training_set, n_estimators=10)
+        reg = Registry(s)
+        v = reg.register(trained.model, name, training_set, trained.holdout, trained.metrics).version
+        reg.promote(name, reason="first champion")
+        assert rows(pg.uri(s, "mlflow"), f"SELECT name FROM registered_models WHERE name = '{name}'") == [(name,)]
+        assert [r.action for r in AuditDB(pg.uri(s, "audit")).records(name)] == ["register", "promote"]
+        assert {"fraud_model_v1", "fraud_model_lite"} <= set(store.apply(s))
+        assert ("fraud_model_v1",) in rows(pg.uri(s, "feast"), "SELECT feature_service_name FROM feature_services")
+        assert not list(home.rglob("*.db")) and not (home / "audit.jsonl").exists()
+
+        stack.down()  # a fast shutdown (SIGINT), not a wait for every client to leave
+        stack.up(["postgres", "mlflow"])
+        assert Registry(s).resolve(name, "champion").version == v
+    finally:
+        stack.down()
+        pg.remove(s)

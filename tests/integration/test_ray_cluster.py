@@ -13,7 +13,7 @@ import pytest
 from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.ray_cluster import temp_dir
-from tests.conftest import free_block
+from tests.conftest import free_block, free_ports
 from tests.integration.test_batch_score import _fresh_entities
 
 RAY = ["ray-head", "ray-worker-1", "ray-worker-2"]
@@ -34,7 +34,7 @@ def _ray_processes(s: Settings) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_settings(stack: Stack, stack_settings: Settings) -> Iterator[Settings]:
     s = stack_settings.model_copy(update={"ray_workers": 2, "ray_port": free_block(4), "ray_worker_cpus": 1,
-                                          "ray_object_store_mb": 128})
+                                          "ray_object_store_mb": 128, "ray_serve_port": free_ports(1)[0]})
     cluster = Stack(s)
     try:
         states = {st.name: st.state for st in cluster.up(RAY)}
@@ -92,7 +92,6 @@ def test_a_model_trained_with_ray_train_registers_gates_and_serves(
     import xgboost as xgb
 
     from keel.registry.client import Registry
-    from keel.serving.core import Predictor
     from keel.train import evaluate
     from keel.train_ray import fit_xgboost
 
@@ -110,6 +109,68 @@ def test_a_model_trained_with_ray_train_registers_gates_and_serves(
     v = reg.register(trained.model, "fraud_ray_train", training_set, trained.holdout, trained.metrics).version
     assert reg.gate("fraud_ray_train").passed  # no champion yet: the first version passes
     reg.promote("fraud_ray_train", reason="trained with Ray Train")
-    answer = Predictor.from_registry(ray_settings, "fraud_ray_train").predict(
-        [{"customer_id": 1, "merchant_id": 1, "amount": 30.0}])
-    assert answer.version == v and 0.0 <= answer.scores[0] <= 1.0 and not any(answer.degraded)
+    _served_on_the_cluster(ray_settings, {"fraud_ray_train": v, served_model["name"]: served_model["champion"]})
+
+
+def _replica_nodes() -> dict[str, int]:
+    """Each Serve replica's application -> the node manager port of the raylet that started it (Ray's
+    worker processes are their node's raylet's children): which node each model runs on, from the OS."""
+    import re
+
+    found: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not title.startswith(b"ray::ServeReplica:"):
+                continue
+            ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        port = re.search(rb"--node_manager_port=(\d+)", parent)
+        app = title.split(b"\0")[0].removeprefix(b"ray::ServeReplica:").split(b":")[0].decode()
+        found[app] = int(port.group(1)) if port else -1
+    return found
+
+
+def _served_on_the_cluster(s: Settings, versions: dict[str, str]) -> None:
+    """Both models deployed with the Ray runtime become applications of the cluster's one Serve instance:
+    one proxy port, each model under /<model>, replicas on the worker nodes (the head has no CPUs)."""
+    import httpx
+
+    from keel.client import Client
+    from keel.errors import KeelError
+    from keel.serving.core import Predictor
+
+    client = Client(s)
+    with pytest.raises(KeelError, match="KEEL_RAY_SERVE_PORT"):
+        client.deploy("fraud_ray_train", runtime="ray", port=free_ports(1)[0])  # refused up front
+    try:
+        urls = {m: client.deploy(m, runtime="ray").url for m in versions}
+        assert urls == {m: f"http://127.0.0.1:{s.ray_serve_port}/{m}" for m in versions}
+        rows = [{"customer_id": c, "merchant_id": c % 60, "amount": 10.0 * c} for c in range(1, 6)]
+        for m, v in versions.items():
+            r = httpx.post(f"{urls[m]}/v1/models/{m}:predict", json={"instances": rows}, timeout=60)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["version"] == v and body["degraded"] is False
+            core = Predictor.from_registry(s, m).predict(rows)
+            assert body["predictions"] == pytest.approx(core.scores, abs=1e-9)
+            # the model's name checked inside its own application too
+            other = next(o for o in versions if o != m)
+            assert httpx.post(f"{urls[m]}/v1/models/{other}:predict", json={"instances": rows}).status_code == 404
+        workers = {s.ray_port + 1 + i for i in range(1, s.ray_workers + 1)}
+        nodes = _replica_nodes()
+        assert set(nodes) == set(versions) and set(nodes.values()) <= workers, (nodes, workers)
+        gone = next(iter(versions))
+        client.undeploy(gone)  # one model leaves; the other keeps answering on the same proxy
+        assert httpx.get(f"{urls[gone]}/healthz").status_code == 404
+        still = next(m for m in versions if m != gone)
+        assert client.predict(still, rows[:1])["version"] == versions[still]
+    finally:
+        from keel.serving.deploy import LocalTarget
+
+        target = LocalTarget(s)
+        for m in versions:
+            if m in target.specs():
+                target.undeploy(m)

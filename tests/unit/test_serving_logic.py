@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,3 +148,32 @@ def test_batched_requests_keep_their_own_request_ids_in_answers_and_log() -> Non
     assert len(set(ids)) == 2
     assert [r["request_id"] for r in p.predlog.records] == [ids[0], ids[1], ids[1]]  # type: ignore[attr-defined]
     assert [r["customer_id"] for r in p.predlog.records] == [1, 2, 3]  # type: ignore[attr-defined]
+
+
+def test_a_ray_model_on_the_shared_cluster_answers_under_its_name_on_the_proxy(tmp_path: Path) -> None:
+    """Ray allows one Serve proxy per cluster: on a shared cluster every Ray runtime model takes its port and
+    a route prefix of its own name; without one (or with the KServe runtime) a model keeps its own port."""
+    from keel.client import Client
+    from keel.config import Settings
+    from keel.serving.deploy import LocalTarget, free_port
+
+    head = socket.create_server(("127.0.0.1", 0))  # stands in for the Ray head's port: placed() checks it
+    shared = Settings(home=tmp_path, ray_workers=2, ray_serve_port=9480, ray_port=head.getsockname()[1])
+    target = LocalTarget(shared)
+    with head:
+        ray = target.placed(ServeSpec(model="fraud-v2.x", runtime="ray", port=8085))
+        with pytest.raises(KeelError, match="model name 'a b'"):
+            target.placed(ServeSpec(model="a b", runtime="ray"))
+    with pytest.raises(KeelError, match=r"the Ray cluster is not reachable at 127.0.0.1:\d+; start it with `keel up`"):
+        target.placed(ServeSpec(model="fraud", runtime="ray"))
+    assert (ray.port, ray.route_prefix, ray.base_url(shared)) == (9480, "/fraud-v2.x", "http://127.0.0.1:9480/fraud-v2.x")
+    assert target.placed(ServeSpec(model="fraud", port=8085)).route_prefix == ""  # KServe: a port of its own
+    alone = Settings(home=tmp_path)
+    assert LocalTarget(alone).placed(ray).route_prefix == "" and ray.base_url(shared).endswith("/fraud-v2.x")
+    with pytest.raises(KeelError, match="route prefix '/other'"):
+        ServeSpec(model="fraud", runtime="ray", route_prefix="/other")
+    assert free_port(Settings(home=tmp_path, ray_workers=2, ray_serve_port=8085), target, "m") == 8086
+    with pytest.raises(KeelError, match=r"--port 8090: .*9480 \(KEEL_RAY_SERVE_PORT\)"):
+        Client(shared).deploy("fraud", runtime="ray", port=8090)
+    remote = Settings(home=tmp_path, ray_address="ray://10.0.0.7:10001")
+    assert remote.ray_serve_host == "10.0.0.7"

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 def placeholders(settings: Settings) -> dict[str, str]:
     """Values for the ``${...}`` placeholders in feature_store.yaml."""
-    registry = settings.feast_registry.get_secret_value() if settings.feast_registry else ""
+    registry = settings.feast_registry_uri
     return {
         # A URI means Feast's SQL registry (shared by every pod on a cluster); a path, its file registry.
         "FEAST_REGISTRY_TYPE": "sql" if "://" in registry else "file",

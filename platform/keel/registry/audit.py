@@ -214,8 +214,8 @@ class AuditDB:
 
 def open_audit(settings: Any) -> AuditLog | AuditDB:
     """The audit store the settings name: KEEL_AUDIT_DB when set, else KEEL_HOME/audit.jsonl."""
-    if settings.audit_db is not None:
-        return AuditDB(settings.audit_db.get_secret_value())
+    if settings.audit_db_uri is not None:
+        return AuditDB(settings.audit_db_uri)
     return AuditLog(settings.audit_log)
 
 

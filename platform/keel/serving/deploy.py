@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from keel.config import Settings
@@ -22,6 +23,8 @@ from keel.serving.spec import ServeSpec
 from keel.stack.services import DEPLOYMENT_PREFIX
 
 TARGETS = ("local",)
+# a model served under /<name> on the shared Ray cluster's proxy: a name that is one URL path segment as is
+PATH_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,29 @@ class LocalTarget(DeployTarget):
         d = self.settings.home / "deployments"
         return {p.stem: ServeSpec.from_json(p.read_text()) for p in sorted(d.glob("*.json"))}
 
+    def placed(self, spec: ServeSpec) -> ServeSpec:
+        """Where a spec runs: a Ray runtime model goes onto the shared Ray cluster when one is configured
+        (KEEL_RAY_WORKERS or KEEL_RAY_ADDRESS), as an application of its one Serve instance: Ray allows one
+        HTTP proxy per cluster, so models share its port and each answers under /<model>."""
+        if spec.runtime != "ray" or not self.settings.ray_cluster:
+            return replace(spec, route_prefix="") if spec.route_prefix else spec
+        if not PATH_SAFE.fullmatch(spec.model):
+            raise KeelError(f"model name '{spec.model}' cannot be served on the shared Ray cluster: it answers "
+                            "under /<model>, so the name must be letters, digits, '_', '.' or '-'")
+        from keel.infra.probes import port_in_use
+
+        address = self.settings.ray_cluster
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if port.isdigit() and not port_in_use(host, int(port)):  # refused in seconds, not after a crash loop
+            hint = "start it with `keel up`" if not self.settings.ray_address else "check KEEL_RAY_ADDRESS"
+            raise ServiceUnavailableError("the Ray cluster", address, hint)
+        return replace(spec, port=self.settings.ray_serve_port, route_prefix=f"/{spec.model}")
+
     def deploy(self, spec: ServeSpec) -> Deployed:
         from keel.serving.plan import check_deployable
         from keel.stack import Stack
 
+        spec = self.placed(spec)
         # fail fast, with the valid choices, before starting anything: an unservable version is refused
         # here in seconds (MLflow's REST API, no `import mlflow`), never by a crash loop or a hang
         version, plan = check_deployable(self.settings, spec.model, spec.alias, spec.version, spec.feature_service)
@@ -66,7 +88,7 @@ class LocalTarget(DeployTarget):
         for w in plan.warnings:
             logging.getLogger("keel.serving").warning(w)
         for name, existing in self.specs().items():
-            if name != spec.model and existing.port == spec.port:
+            if name != spec.model and existing.port == spec.port and not (existing.route_prefix and spec.route_prefix):
                 raise KeelError(f"port {spec.port} is already used by the deployment of '{name}'; choose --port")
         path = self._path(spec.model)
         stack = Stack(self.settings)
@@ -83,7 +105,7 @@ class LocalTarget(DeployTarget):
                 path.write_text(previous)
             raise
         self._scrape_target(spec)
-        return Deployed(spec.model, version, f"http://{self.settings.host}:{spec.port}", spec.runtime)
+        return Deployed(spec.model, version, spec.base_url(self.settings), spec.runtime)
 
     def _scrape_target(self, spec: ServeSpec | None, model: str = "") -> None:
         """Tell the local Prometheus (file_sd) to scrape this deployment's /metrics."""
@@ -93,8 +115,11 @@ class LocalTarget(DeployTarget):
         if spec is None:
             path.unlink(missing_ok=True)
             return
-        path.write_text(json.dumps([{"targets": [f"{self.settings.host}:{spec.port}"],
-                                     "labels": {"deployment": spec.model, "runtime": spec.runtime}}]))
+        labels = {"deployment": spec.model, "runtime": spec.runtime}
+        if spec.route_prefix:  # through the shared proxy, to one of the model's replicas
+            labels["__metrics_path__"] = f"{spec.route_prefix}/metrics"
+        host = self.settings.ray_serve_host if spec.route_prefix else self.settings.host
+        path.write_text(json.dumps([{"targets": [f"{host}:{spec.port}"], "labels": labels}]))
 
     def undeploy(self, model: str) -> bool:
         from keel.stack import Stack
@@ -110,11 +135,11 @@ class LocalTarget(DeployTarget):
 
 def free_port(settings: Settings, target: LocalTarget, model: str) -> int:
     """The model's current port when it is deployed, else the first port from KEEL_SERVING_PORT that no
-    other local deployment uses (several models are served side by side)."""
+    other local deployment (nor the shared Ray cluster's Serve proxy) uses: models are served side by side."""
     specs = target.specs()
-    if model in specs:
+    if model in specs and not specs[model].route_prefix:
         return specs[model].port
-    taken = {sp.port for sp in specs.values()}
+    taken = {sp.port for sp in specs.values()} | ({settings.ray_serve_port} if settings.ray_cluster else set())
     return next(p for p in range(settings.serving_port, settings.serving_port + 100) if p not in taken)
 
 
@@ -157,7 +182,7 @@ def input_kinds(settings: Settings, model: str) -> dict[str, str]:
     specs = LocalTarget(settings).specs()
     if model not in specs:
         raise NotFoundError("deployment", model, specs)
-    url = f"http://{settings.host}:{specs[model].port}/v2/models/{model}"
+    url = f"{specs[model].base_url(settings)}/v2/models/{model}"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:  # loopback URL we built
             meta = json.loads(resp.read())
@@ -172,7 +197,7 @@ def predict_local(settings: Settings, model: str, instances: list[dict[str, Any]
     specs = local.specs()
     if model not in specs:
         raise NotFoundError("deployment", model, specs)
-    return predict_at(f"http://{settings.host}:{specs[model].port}", model, instances)
+    return predict_at(specs[model].base_url(settings), model, instances)
 
 
 def predict_at(base: str, model: str, instances: list[dict[str, Any]],

@@ -4,8 +4,10 @@ autoscaling and fractional GPUs. Same V1 request/response as the KServe runtime.
 Ray's value here is batching, GPU packing and autoscaling, not single-request latency (its proxy hop
 costs milliseconds): requests that arrive within ``batch_wait_s`` of each other share one model call.
 
-Run locally: ``python -m keel.serving.ray_runtime --spec '<ServeSpec JSON>'``; on a cluster, the Serve
-config in ``serving/`` points at :func:`app_builder`.
+Run locally: ``python -m keel.serving.ray_runtime --spec '<ServeSpec JSON>'``: a Ray instance of its own,
+or, when the spec has a route prefix, an application of the shared Ray cluster's one Serve instance (its
+replicas on the worker nodes, its answers under ``/<model>`` on the cluster's proxy). On Kubernetes, the
+Serve config in ``serving/`` points at :func:`app_builder`.
 """
 
 
@@ -166,6 +168,22 @@ def app_builder(args: dict[str, Any]) -> Any:
     return KeelDeployment.bind(spec.to_json(), keel_env())
 
 
+def start_shared_serve(host: str, port: int, attempts: int = 3) -> None:
+    """Join (or first start) the shared cluster's one Serve instance, its HTTP proxy on the head only.
+    Two deployments starting together can both find no controller and race to create it: the loser's
+    "already taken" is retried, and then finds the winner's."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+            return
+        except ValueError as exc:  # the detached controller's name was taken a moment ago
+            if "already" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keel-ray")
     parser.add_argument("--spec", required=True, help="ServeSpec as JSON")
@@ -181,19 +199,31 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     spec = ServeSpec.from_json(args.spec)
     host = args.host or settings.host
+    shared = bool(spec.route_prefix)
+    if shared and not settings.ray_cluster:
+        log.error("%s is deployed on the shared Ray cluster (route %s) but none is configured now: set "
+                  "KEEL_RAY_WORKERS or KEEL_RAY_ADDRESS, or deploy it again", spec.model, spec.route_prefix)
+        return 2
     stop = threading.Event()
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address=host,
-             configure_logging=False, log_to_driver=False)
+    if shared:  # a driver on the cluster: the replicas run on its worker nodes, not in this process tree
+        ray.init(address=settings.ray_cluster, configure_logging=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address=host,
+                 configure_logging=False, log_to_driver=False)
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": spec.port})
-        serve.run(build_app(spec), name=spec.model, route_prefix="/", blocking=False)
-        log.info("ray serve: %s on http://%s:%d", spec.model, host, spec.port)
+        if shared:
+            start_shared_serve(settings.ray_serve_host, spec.port)
+        else:
+            serve.start(http_options={"host": host, "port": spec.port})
+        serve.run(build_app(spec), name=spec.model, route_prefix=spec.route_prefix or "/", blocking=False)
+        log.info("ray serve: %s on %s", spec.model, spec.base_url(settings))
         stop.wait()
         log.info("stopping: draining replicas and flushing prediction logs")
         serve.delete(spec.model)  # replicas shut down gracefully; their routers flush
-        serve.shutdown()
+        if not shared:  # the shared cluster's Serve instance outlives any one model
+            serve.shutdown()
     finally:
         ray.shutdown()
     return 0

@@ -33,6 +33,9 @@ class ServeSpec:
     min_replicas: int = 1
     max_replicas: int = 1
     feature_service: str | None = None  # look a non-keel model's inputs up from this service
+    # "/<model>" for an application of the shared Ray cluster's one Serve instance (its proxy on ``port``,
+    # KEEL_RAY_SERVE_PORT, for every model); "" for a server of its own on ``port``
+    route_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -45,6 +48,14 @@ class ServeSpec:
             raise KeelError(f"invalid sample rate {self.sample_rate}: expected a fraction between 0 and 1")
         if self.num_gpus < 0 or self.max_batch < 1 or self.min_replicas < 0 or self.max_replicas < 1:
             raise KeelError("num_gpus >= 0, max_batch >= 1, min_replicas >= 0 and max_replicas >= 1 are required")
+        if self.route_prefix and (self.runtime != "ray" or self.route_prefix != f"/{self.model}"):
+            raise KeelError(f"route prefix '{self.route_prefix}': only a Ray runtime deployment on the shared Ray "
+                            f"cluster has one, and it is '/{self.model}'")
+
+    def base_url(self, settings: Settings) -> str:
+        """Where this deployment answers: its own port, or its prefix on the shared Ray cluster's proxy."""
+        host = settings.ray_serve_host if self.route_prefix else settings.host
+        return f"http://{host}:{self.port}{self.route_prefix}"
 
     @classmethod
     def parse_canary(cls, text: str) -> tuple[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None  # writes config files before start
     cleanup: Callable[[], None] | None = None  # removes what it kept outside KEEL_HOME, once stopped
+    # the port is its own, free before it starts; not so for a model on the shared Ray cluster's Serve
+    # proxy, nor for Postgres (a Unix socket named by the port)
+    own_port: bool = True
+    stop_signal: int = signal.SIGTERM  # what asks it to stop cleanly
 
 
 def _binary(name: str, apt_package: str) -> str:
@@ -116,8 +121,7 @@ def build_services(s: Settings) -> dict[str, Service]:
             env={
                 # the store's URI from the environment, not argv: a database URI holds a password, and
                 # every local user can read a process's command line
-                "MLFLOW_BACKEND_STORE_URI": (s.mlflow_db_uri.get_secret_value() if s.mlflow_db_uri
-                                             else f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+                "MLFLOW_BACKEND_STORE_URI": s.mlflow_backend_uri,
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "DO_NOT_TRACK": "true",
@@ -180,6 +184,10 @@ def build_services(s: Settings) -> dict[str, Service]:
     from keel.stack.ray_cluster import ray_services
 
     services += ray_services(s)[0]
+    if s.database == "postgres":  # first: MLflow, the controller and every deployment keep data in it
+        from keel.stack import postgres
+
+        services.insert(0, postgres.service(s))
     return {svc.name: svc for svc in services}
 
 
@@ -269,9 +277,10 @@ def deployment_services(s: Settings) -> dict[str, Service]:
         module = f"keel.serving.{spec.runtime}_runtime"
         health = "http:/v2/health/ready" if spec.runtime == "kserve" else "http:/healthz"
         name = DEPLOYMENT_PREFIX + spec.model
-        out[name] = Service(name, spec.port, f"http://{s.host}:{spec.port}",
+        out[name] = Service(name, spec.port, spec.base_url(s),
                             [sys.executable, "-m", module, "--spec", spec.to_json(), "--host", s.host], health,
-                            env={"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", **s.as_env()})
+                            env={"RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", **s.as_env()},
+                            own_port=not spec.route_prefix)
     return out
 
 

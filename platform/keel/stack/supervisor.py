@@ -134,6 +134,10 @@ class Stack:
     def _healthy(self, svc: Service) -> bool:
         if svc.health == "redis":
             return redis_ok(self.settings.host, svc.port)
+        if svc.health == "postgres":  # its socket there, and the server saying it accepts connections
+            from keel.stack import postgres
+
+            return postgres.healthy(self.settings) and self._logged_since_start(svc.name, postgres.READY)
         if svc.health == "ray":  # a Ray node: its gRPC port open, and `ray start` saying it joined
             return port_in_use(self.settings.host, svc.port) and self._logged_since_start(svc.name, RAY_STARTED)
         return http_ok(svc.url + svc.health.removeprefix("http:"))
@@ -160,7 +164,10 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         chosen = self._select(names)
-        for phase in ([s for s in chosen if s.name in self.base], [s for s in chosen if s.name not in self.base]):
+        first = ("postgres",)  # the database, up before what keeps its data there
+        for phase in ([s for s in chosen if s.name in first],
+                      [s for s in chosen if s.name in self.base and s.name not in first],
+                      [s for s in chosen if s.name not in self.base]):
             self._up_phase(phase)
         return self.status(names)
 
@@ -173,7 +180,7 @@ class Stack:
                     continue
                 raise KeelError(f"{svc.name} (pid {rec['pid']}) is running but not healthy; "
                                 f"see `keel logs {svc.name}`")
-            if port_in_use(self.settings.host, svc.port):
+            if svc.own_port and port_in_use(self.settings.host, svc.port):
                 var = f"KEEL_{svc.name.upper()}_PORT" if svc.name in self.base else "--port"
                 raise KeelError(f"port {svc.port} for {svc.name} is already in use by another program; "
                                 f"stop it or choose another port with {var}")
@@ -254,9 +261,10 @@ class Stack:
         if rec is None:
             return False
         pid, pgid = rec["pid"], rec["pgid"]
+        svc = self.services.get(name)
         if rec["alive"]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, svc.stop_signal if svc is not None else signal.SIGTERM)
             wait_until(lambda: _proc_start_time(pid) in (None, "") or _is_zombie(pid), timeout, interval=0.1)
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             if not _group_members(pgid):
@@ -269,7 +277,6 @@ class Stack:
         with contextlib.suppress(ChildProcessError):  # reap if it is our child (tests)
             os.waitpid(pid, os.WNOHANG)
         self._pidfile(name).unlink(missing_ok=True)
-        svc = self.services.get(name)
         if svc is not None and svc.cleanup is not None:
             svc.cleanup()
         return True
