@@ -158,9 +158,9 @@ def _pit_ray(root: str, address: str, keep: bool) -> tuple[float, pd.DataFrame |
     s = _settings(root, "duckdb").model_copy(update={"ray_address": address})
     events = pd.read_parquet(Path(root) / "data" / "events.parquet")
     t0 = time.perf_counter()
-    df, nodes = pit_ray.join(s, SERVICE, events, partition_rows=max(10_000, len(events) // 8))
+    df, nodes, task_peak = pit_ray.join(s, SERVICE, events, partition_rows=max(10_000, len(events) // 8))
     seconds = time.perf_counter() - t0
-    return seconds, df.assign(_nodes=nodes) if keep else None
+    return seconds, df.assign(_nodes=nodes, _task_peak=task_peak) if keep else None
 
 
 def pit_ray_rows(profile: Profile, tmp: Path) -> list[Row]:
@@ -184,14 +184,16 @@ def pit_ray_rows(profile: Profile, tmp: Path) -> list[Row]:
         say("pit_ray: keel on the Ray cluster")
         fanned, ray_t, driver_peak = runs_in_child(_pit_ray, str(root), address, runs=profile.runs)
     nodes = int(fanned.pop("_nodes").iloc[0])
+    task_peak = float(fanned.pop("_task_peak").iloc[0])
     _same("keel on Ray", fanned, single)
     s, r = median(single_t), median(ray_t)
     case = f"{fr:,} feature rows, {ev:,} labelled rows, 10 features"
     return [
         Row("point-in-time join on Ray", case, "keel on Ray (DuckDB partitions as Ray tasks)", "time", r, "s", ray_t,
             "keel single-process", better_ratio(r, s, True), "equal results", True,
-            f"row for row equal; ran on {nodes} node(s); driver peak RSS {driver_peak:.0f} MB; 2 cores: "
-            "the nodes share the cores single-process DuckDB uses as threads"),
+            f"row for row equal; ran on {nodes} node(s); driver peak RSS {driver_peak:.0f} MB, a node's "
+            f"worker at most {task_peak:.0f} MB for 1/8 of the rows; 2 cores: the nodes share the cores "
+            "single-process DuckDB uses as threads"),
         Row("point-in-time join on Ray", case, "keel single-process (DuckDB)", "time", s, "s", single_t,
             note=f"peak RSS {single_peak:.0f} MB"),
     ]

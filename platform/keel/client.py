@@ -129,7 +129,8 @@ class Client:
                             f"{shared} (KEEL_RAY_SERVE_PORT), under /{model}; leave --port out")
         chosen = port or shared or free_port(self.settings, target, model)
         settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
-                                     "sample_rate": serving.sample_rate} if serving else {})
+                                     "sample_rate": serving.sample_rate, "max_inflight": serving.max_inflight,
+                                     "priorities": serving.priorities or None} if serving else {})
         settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins
         return target.deploy(ServeSpec(model=model, alias=alias, version=version, port=chosen,
                                        feature_service=feature_service, runtime=runtime, **settings))

@@ -60,6 +60,18 @@ class ServingSpec(_Strict):
     gpus: float = Field(0.0, ge=0.0)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
+    # load shedding (keel.serving.shed): prediction requests one replica holds at once, 503 past it
+    max_inflight: int = Field(32, ge=1, le=100_000)
+    # priority class (the X-Keel-Priority header's value) -> the share of max_inflight it may fill
+    priorities: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("priorities")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 < v <= 1.0 or not k.strip()}
+        if bad:
+            raise ValueError(f"priorities {bad}: each class needs a name and a share of max_inflight in (0, 1]")
+        return value
 
 
 CPU = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"

@@ -325,7 +325,8 @@ def test_kserve_model_with_headroom_gets_a_keda_scaledobject(tmp_path: Path) -> 
     assert so["spec"]["scaleTargetRef"]["name"] == "keel-fraud-predictor"
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
     queries = jmespath.search("spec.triggers[].metadata.query", so)
-    assert queries == ['sum(rate(keel_requests_total{namespace="ml",model="fraud"}[1m]))',
+    assert queries == ['sum(rate(keel_requests_total{namespace="ml",model="fraud"}[1m])) + '
+                       'sum(rate(keel_requests_shed_total{namespace="ml",model="fraud"}[1m]))',
                        'sum(keel_inflight_requests{namespace="ml",model="fraud"})']
     assert one(docs, "InferenceService")["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
     assert not [d for d in render(tmp_path, "--set", "models[0].name=fraud") if d["kind"] == "ScaledObject"]
@@ -630,3 +631,17 @@ def test_chart_values_from_a_project_spec_serve_and_watch_each_model(tmp_path: P
     crons = [d["metadata"]["name"] for d in docs if d["kind"] == "CronJob"]
     assert isvcs == ["keel-delivery-speed", "keel-delivery-time"]
     assert sorted(crons) == ["keel-delivery-speed-drift", "keel-delivery-time-drift"]
+
+
+def test_a_models_load_shedding_bound_and_priorities_reach_its_serving_spec(tmp_path: Path) -> None:
+    from keel.serving.spec import ServeSpec
+
+    docs = values(tmp_path, {"models": [{"name": "fraud", "maxInflight": 8,
+                                         "priorities": {"critical": 1.0, "default": 0.5}}]})
+    isvc = one(docs, "InferenceService")
+    spec = ServeSpec.from_json(isvc["spec"]["predictor"]["containers"][0]["args"][-1])
+    assert (spec.max_inflight, spec.priorities) == (8, {"critical": 1.0, "default": 0.5})
+    assert ServeSpec.from_json(one(values(tmp_path, {"models": [{"name": "fraud"}]}), "InferenceService")
+                               ["spec"]["predictor"]["containers"][0]["args"][-1]).max_inflight == 32
+    assert "priorities" in fails(tmp_path, {"models": [{"name": "fraud", "priorities": {"low": 1.5}}]})
+    assert "maxInflight" in fails(tmp_path, {"models": [{"name": "fraud", "maxInflight": 0}]})

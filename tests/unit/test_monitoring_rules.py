@@ -205,3 +205,13 @@ def test_metric_name_extraction() -> None:
     expr = ('histogram_quantile(0.99, sum by (model, le) (rate(keel_request_duration_seconds_bucket{stage="total",'
             'le!="x"}[5m])) and on (model) (time() - max(up offset 1h) > 2 * 3600)) / keel:requests:rate5m')
     assert metric_names(expr) == {"keel_request_duration_seconds_bucket", "up", "keel:requests:rate5m"}
+
+
+def test_a_test_file_that_orders_groups_orders_every_group() -> None:
+    """promtool evaluates the groups a test file's group_eval_order leaves out in no fixed order: an alert
+    reading a recording rule of the same instant then fires one evaluation late, some runs only."""
+    groups = {g["name"] for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]}
+    for path in TEST_FILES:
+        order = yaml.safe_load(path.read_text()).get("group_eval_order")
+        if order is not None:
+            assert set(order) == groups, f"{path.name}: group_eval_order lacks {sorted(groups - set(order))}"

@@ -154,6 +154,8 @@ KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
 {{- $spec := dict "model" $m.name "alias" ($m.alias | default "champion") "runtime" (index . 2) "port" (index . 3) "predlog_uri" ($.Values.predictionLog.uri | default "/var/lib/keel/predictions") "sample_rate" $.Values.predictionLog.sampleRate "min_replicas" (int (include "keel.minReplicas" $m)) "max_replicas" (int ($m.maxReplicas | default 1)) }}
 {{- with $m.version }}{{- $_ := set $spec "version" (toString .) }}{{- end }}
 {{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- end }}
+{{- with $m.maxInflight }}{{- $_ := set $spec "max_inflight" (int .) }}{{- end }}
+{{- with $m.priorities }}{{- $_ := set $spec "priorities" . }}{{- end }}
 {{- if and $m.gpu $m.gpu.enabled }}{{- $_ := set $spec "gpu" true }}{{- end }}
 {{- if gt (float64 ($m.numGpus | default 0)) 0.0 }}{{- $_ := set $spec "gpu" true }}{{- $_ := set $spec "num_gpus" $m.numGpus }}{{- end }}
 {{- toJson $spec }}

@@ -8,6 +8,7 @@ events and what DuckDB reads for them, not the whole set.
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,8 @@ from keel.config import Settings
 ROW = "_keel_pit_row"
 
 
-def _join_part(env: dict[str, str], service: str, part: pd.DataFrame, created: bool) -> tuple[pd.DataFrame, str]:
+def _join_part(env: dict[str, str], service: str, part: pd.DataFrame, created: bool
+               ) -> tuple[pd.DataFrame, str, float]:
     import ray
 
     from keel.config import load_settings
@@ -31,12 +33,14 @@ def _join_part(env: dict[str, str], service: str, part: pd.DataFrame, created: b
         fs = fstore.open_store(settings)
         df = pit.get_historical_features(fs, part, fstore.feature_service(fs, service),
                                          filter_by_created_timestamp=created).to_df()
-    return df, ray.get_runtime_context().get_node_id()
+    # the worker's peak RSS (MiB; Linux counts KiB): what one node's join of a partition cost it
+    return df, ray.get_runtime_context().get_node_id(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def join(settings: Settings, service: str, events: pd.DataFrame, created: bool = True,
-         partition_rows: int = 100_000) -> tuple[pd.DataFrame, int]:
-    """(the joined events in their given order, Ray nodes that joined them)."""
+         partition_rows: int = 100_000) -> tuple[pd.DataFrame, int, float]:
+    """(the joined events in their given order, Ray nodes that joined them, the largest peak RSS in MiB
+    of a worker that joined a partition: bounded by the partition, not by the whole set)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -48,5 +52,6 @@ def join(settings: Settings, service: str, events: pd.DataFrame, created: bool =
     refs = [task.remote(env, service, numbered.iloc[i:i + partition_rows], created)
             for i in range(0, len(numbered), partition_rows)]
     parts = ray.get(refs)
-    df = pd.concat([p for p, _ in parts], ignore_index=True).sort_values(ROW, kind="mergesort")
-    return df.drop(columns=[ROW]).reset_index(drop=True), len({node for _, node in parts})
+    df = pd.concat([p for p, _, _ in parts], ignore_index=True).sort_values(ROW, kind="mergesort")
+    return (df.drop(columns=[ROW]).reset_index(drop=True), len({node for _, node, _ in parts}),
+            max(peak for _, _, peak in parts))

@@ -247,6 +247,13 @@ def model() -> Dashboard:
                    [(f"sum({sel('keel_inflight_requests')})", "in flight")], w=8),
         timeseries("Prediction-log drop rate", "Records per second dropped because the log buffer was full.",
                    [(or_zero(rate_sum("keel_prediction_log_dropped_total", "")), "dropped")], w=8, min=0),
+        timeseries("Shed requests by priority", "Prediction requests per second refused with 503 + Retry-After "
+                   "because a replica held max_inflight requests (load shedding); the lowest class goes first.",
+                   [(rate_sum("keel_requests_shed_total", "priority"), "{{priority}}")], unit="reqps", min=0),
+        timeseries("Offered vs served", "Requests per second offered (served + shed) next to those served: "
+                   "the gap is what more replicas would take.",
+                   [(f"{rate_sum('keel_requests_total', '')} + {rate_sum('keel_requests_shed_total', '')}",
+                     "offered"), (rate_sum("keel_requests_total", ""), "served")], unit="reqps", min=0),
         timeseries("Drift score by feature", "Per-feature drift statistic from the latest drift job.",
                    [(f"max by (feature, method) ({sel('keel_feature_drift_score')})", "{{feature}} ({{method}})")]),
         timeseries("Prediction drift", "Drift statistic of the model's output.",

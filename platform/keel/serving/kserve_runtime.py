@@ -73,8 +73,9 @@ class KeelModel(kserve.Model):
         super().stop()
 
 
-def _prepare_app(max_body_bytes: int) -> None:
-    """Bound request bodies (413 before parsing, ``keel.serving.limits``), and answer a body that fails the
+def _prepare_app(max_body_bytes: int, spec: ServeSpec) -> None:
+    """Shed load past the spec's in-flight bound (503, ``keel.serving.shed``), bound request bodies (413
+    before parsing, ``keel.serving.limits``), and answer a body that fails the
     V2 schema with 400 naming the failing fields: FastAPI's own 422 echoes the input back, and for a body
     like ``Infinity`` that echo is not valid JSON, so the answer became a 500."""
     from fastapi.exceptions import RequestValidationError
@@ -84,6 +85,7 @@ def _prepare_app(max_body_bytes: int) -> None:
     from keel.serving.limits import BodyLimit
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    spec.add_shedding(app)  # outermost: a full replica refuses before reading the body
 
     async def handler(_: Any, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from keel.compat.kserve import loopback_server_class
 
     server = loopback_server_class()(host=args.host or settings.host,
-                                     before_start=lambda: _prepare_app(settings.max_body_bytes), http_port=spec.port,
-                                     enable_grpc=False, enable_docs_url=False, workers=1)
+                                     before_start=lambda: _prepare_app(settings.max_body_bytes, spec),
+                                     http_port=spec.port, enable_grpc=False, enable_docs_url=False, workers=1)
     # uvicorn catches SIGTERM/SIGINT, drains, then re-raises the signal to the handler found at start:
     # make that handler an orderly exit, so the `finally` below flushes the prediction log.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -49,6 +49,7 @@ class KeelDeployment:
         settings = load_settings()
         api.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # before the replica's first request
         self.spec = ServeSpec.from_json(spec_json)
+        self.spec.add_shedding(api)  # per replica: Serve's own max_ongoing_requests queues instead
         self.router = self.spec.build_router(settings)
         self.predict_batch.set_max_batch_size(self.spec.batch_max_size)
         self.predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_s)

@@ -36,6 +36,8 @@ class ServeSpec:
     # "/<model>" for an application of the shared Ray cluster's one Serve instance (its proxy on ``port``,
     # KEEL_RAY_SERVE_PORT, for every model); "" for a server of its own on ``port``
     route_prefix: str = ""
+    max_inflight: int = 32  # load shedding: prediction requests a replica holds at once (keel.serving.shed)
+    priorities: dict[str, float] | None = None  # X-Keel-Priority class -> share of max_inflight
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -48,9 +50,20 @@ class ServeSpec:
             raise KeelError(f"invalid sample rate {self.sample_rate}: expected a fraction between 0 and 1")
         if self.num_gpus < 0 or self.max_batch < 1 or self.min_replicas < 0 or self.max_replicas < 1:
             raise KeelError("num_gpus >= 0, max_batch >= 1, min_replicas >= 0 and max_replicas >= 1 are required")
+        if self.max_inflight < 1:
+            raise KeelError(f"invalid max_inflight {self.max_inflight}: expected at least 1 request")
+        bad = {k: v for k, v in (self.priorities or {}).items() if not 0.0 < v <= 1.0}
+        if bad:
+            raise KeelError(f"invalid priorities {bad}: each class's share of max_inflight must be in (0, 1]")
         if self.route_prefix and (self.runtime != "ray" or self.route_prefix != f"/{self.model}"):
             raise KeelError(f"route prefix '{self.route_prefix}': only a Ray runtime deployment on the shared Ray "
                             f"cluster has one, and it is '/{self.model}'")
+
+    def add_shedding(self, app: Any) -> None:
+        """Bound the prediction requests ``app`` (a Starlette/FastAPI app) holds at once, by priority."""
+        from keel.serving.shed import LoadShed
+
+        app.add_middleware(LoadShed, model=self.model, max_inflight=self.max_inflight, shares=self.priorities)
 
     def base_url(self, settings: Settings) -> str:
         """Where this deployment answers: its own port, or its prefix on the shared Ray cluster's proxy."""
