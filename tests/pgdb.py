@@ -17,21 +17,20 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from keel.errors import KeelError
+from keel.stack import postgres as keel_pg
 from tests.conftest import free_ports
 
 
 def _bin_dir() -> Path | None:
-    """Debian's versioned server directory (the newest), else wherever initdb is on PATH."""
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    if versions:
-        return versions[-1].parent
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
+    """The server binaries keel's own local Postgres uses (keel.stack.postgres); None when not installed."""
+    try:
+        return keel_pg.bin_dir()
+    except KeelError:
+        return None
 
 
-def _as_owner(cmd: list[str]) -> list[str]:
-    """Postgres refuses to run as root: as root, run it as the 'postgres' system user."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+_as_owner = keel_pg.as_owner  # as root, as the 'postgres' system user (Postgres refuses root)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,12 @@ def _default_actor() -> str:
         return "unknown"
 
 
+def ray_host_port(address: str) -> tuple[str, str]:
+    """(host, port) of a Ray cluster address, ``host:port`` or ``ray://host:port``."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host, port
+
+
 class Settings(BaseSettings):
     """Where keel's services are and how keel behaves. Field docs are the variables' docs."""
 
@@ -192,7 +198,7 @@ class Settings(BaseSettings):
         """Where the shared Ray cluster's Serve proxy listens: its head (the proxy runs there only)."""
         if not self.ray_address:
             return self.host
-        return self.ray_address.removeprefix("ray://").rpartition(":")[0] or self.host
+        return ray_host_port(self.ray_address)[0] or self.host
 
     def _local_db(self, name: str) -> str | None:
         if self.database != "postgres" or self.profile != "local":

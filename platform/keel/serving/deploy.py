@@ -63,10 +63,11 @@ class LocalTarget(DeployTarget):
         if not PATH_SAFE.fullmatch(spec.model):
             raise KeelError(f"model name '{spec.model}' cannot be served on the shared Ray cluster: it answers "
                             "under /<model>, so the name must be letters, digits, '_', '.' or '-'")
+        from keel.config import ray_host_port
         from keel.infra.probes import port_in_use
 
         address = self.settings.ray_cluster
-        host, _, port = address.removeprefix("ray://").rpartition(":")
+        host, port = ray_host_port(address)
         if port.isdigit() and not port_in_use(host, int(port)):  # refused in seconds, not after a crash loop
             hint = "start it with `keel up`" if not self.settings.ray_address else "check KEEL_RAY_ADDRESS"
             raise ServiceUnavailableError("the Ray cluster", address, hint)

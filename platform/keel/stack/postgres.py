@@ -64,7 +64,7 @@ def bin_dir() -> Path:
     return Path(found).parent
 
 
-def _as_owner(cmd: list[str]) -> list[str]:
+def as_owner(cmd: list[str]) -> list[str]:
     """As root, the command as the ``postgres`` system user, exec'd in place (no process in between, so
     the supervisor's signals reach the server itself)."""
     if os.geteuid() != 0:
@@ -89,10 +89,10 @@ def prepare(s: Settings) -> None:
     _own(data)
     run = {"check": True, "capture_output": True, "timeout": 180}
     try:
-        subprocess.run(_as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "keel", "-E", "UTF8",
+        subprocess.run(as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "keel", "-E", "UTF8",
                                   "--auth-local=trust", "--auth-host=reject"]), **run)
         for db in DATABASES:
-            subprocess.run(_as_owner([str(bindir / "postgres"), "--single", "-D", str(data), "template1"]),
+            subprocess.run(as_owner([str(bindir / "postgres"), "--single", "-D", str(data), "template1"]),
                            input=f"CREATE DATABASE {db};\n".encode(), **run)
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(data, ignore_errors=True)  # half a cluster would never be initialised again
@@ -103,7 +103,7 @@ def prepare(s: Settings) -> None:
 def service(s: Settings) -> Service:
     from keel.stack.services import Service
 
-    cmd = _as_owner([str(bin_dir() / "postgres"), "-D", str(data_dir(s)), "-p", str(s.postgres_port),
+    cmd = as_owner([str(bin_dir() / "postgres"), "-D", str(data_dir(s)), "-p", str(s.postgres_port),
                      "-c", "listen_addresses=", "-c", f"unix_socket_directories={socket_dir(s)}"])
     # SIGINT is Postgres's fast shutdown; SIGTERM would wait for every client to disconnect first
     return Service(NAME, s.postgres_port, f"postgresql://{socket_dir(s)}:{s.postgres_port}", cmd, "postgres",
