@@ -86,6 +86,17 @@ def test_a_training_set_joined_on_ray_equals_the_single_process_join(
     pd.testing.assert_frame_equal(on_ray.frame, single.frame)
     assert on_ray.snapshot_hash == single.snapshot_hash  # the same content, so the same snapshot
 
+    # split by customer (the larger view's key) into ~6 partitions, one task each: still row for row equal
+    from keel.features import pit, pit_ray
+    from keel.features import store as fstore
+
+    assert pit_ray.partition_keys(ray_settings, "fraud_model_v1", list(events.columns)) == ["customer_id"]
+    split = pit_ray.join(ray_settings, "fraud_model_v1", events, partition_rows=1000).frame
+    with fstore.in_repo(ray_settings):
+        fs = fstore.open_store(ray_settings)
+        alone = pit.get_historical_features(fs, events, fstore.feature_service(fs, "fraud_model_v1")).to_df()
+    pd.testing.assert_frame_equal(split, alone)
+
 
 def test_a_model_trained_with_ray_train_registers_gates_and_serves(
         ray_settings: Settings, training_set, served_model: dict[str, str]) -> None:

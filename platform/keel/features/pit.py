@@ -244,6 +244,10 @@ def _view_sql(v: ViewPlan, event_ts: str, t_min: int, t_max: int) -> str:
     if v.ttl_us is not None:
         where.append(f"epoch_us({ts}) + {v.ttl_us} >= {t_min}")
     e_where = " AND ".join([f"{_q(c)} IS NOT NULL" for c in v.join.values()] + [f"{_q(event_ts)} IS NOT NULL"])
+    # Only rows of keys some event has can be anyone's best row: a semi join against the events' keys,
+    # probed while the file streams past, keeps what DuckDB holds for the window to the events' keys'
+    # rows. For a partition of the events by key (keel.features.pit_ray) that is the partition's share.
+    on = " AND ".join(f"s.{_q(col[k])} = e.__k{i}" for i, k in enumerate(keys))
     # t: time in microseconds, doubled, +1 for events, so one integer sorts feature rows before events
     # at equal times. Events carry a null rank (ignored by arg_max) and their row id in p.
     alive = "TRUE" if v.ttl_us is None else f"epoch_us(f.__ts) + {v.ttl_us} >= (b.t - 1) // 2"  # ts + ttl >= t
@@ -255,7 +259,9 @@ def _view_sql(v: ViewPlan, event_ts: str, t_min: int, t_max: int) -> str:
                 SELECT r, p, t, arg_max(p, r) OVER (PARTITION BY {part} ORDER BY t ROWS UNBOUNDED PRECEDING) AS ptr
                 FROM (
                     SELECT {fkeys}, epoch_us({arrival}) * 2 AS t, {rank} AS r, file_row_number AS p
-                    FROM read_parquet({_lit(v.path)}, file_row_number = true) WHERE {" AND ".join(where)}
+                    FROM read_parquet({_lit(v.path)}, file_row_number = true) s
+                    SEMI JOIN (SELECT DISTINCT {ekeys} FROM {_ENTITIES} WHERE {e_where}) e ON {on}
+                    WHERE {" AND ".join(where)}
                     UNION ALL
                     SELECT {ekeys}, epoch_us(CAST({_q(event_ts)} AS TIMESTAMPTZ)) * 2 + 1, NULL, {_RID}
                     FROM {_ENTITIES} WHERE {e_where}

@@ -141,7 +141,7 @@ def _build(settings: Settings, feature_service: str, events: pd.DataFrame, label
         if engine == "ray":  # keel's engine on partitions of the events, as Ray tasks across the cluster
             from keel.features import pit_ray
 
-            return None, pit_ray.join(settings, feature_service, events, created)[0]
+            return None, pit_ray.join(settings, feature_service, events, created).frame
         if engine == "keel":
             job = pit.get_historical_features(store, events, service, filter_by_created_timestamp=created)
         else:
