@@ -145,13 +145,16 @@ def _pin_tree(pid: int, cpus: list[int]) -> None:
 
 
 @contextlib.contextmanager
-def keel_serving(w: dict[str, Any], runtime: str, batch: bool = True) -> Iterator[str]:
+def keel_serving(w: dict[str, Any], runtime: str, batch: bool = True, cache: bool = False) -> Iterator[str]:
+    """keel serving the bench model. The feature cache (on by default for users) is off unless asked
+    for, so every request reads Redis as the peers' requests do; the ``cache`` scenario compares both."""
     from keel.serving.deploy import LocalTarget
     from keel.serving.spec import ServeSpec
 
     s = w["settings"]
     spec = ServeSpec(model=MODEL, runtime=runtime, port=free_port(), sample_rate=0.0,
-                     batch_max_size=32 if batch else 1, batch_wait_s=0.005 if batch else 0.0)
+                     batch_max_size=32 if batch else 1, batch_wait_s=0.005 if batch else 0.0,
+                     **({} if cache else {"cache_ttl_s": 0.0}))
     target = LocalTarget(s)
     target.deploy(spec)
     try:

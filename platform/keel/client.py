@@ -129,6 +129,7 @@ class Client:
                             f"{shared} (KEEL_RAY_SERVE_PORT), under /{model}; leave --port out")
         chosen = port or shared or free_port(self.settings, target, model)
         settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
+                                     "cache_size": serving.cache_size, "cache_stale_s": serving.cache_stale_s,
                                      "sample_rate": serving.sample_rate, "max_inflight": serving.max_inflight,
                                      "priorities": serving.priorities or None} if serving else {})
         settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins

@@ -53,7 +53,11 @@ class RolloutSpec(_Strict):
 class ServingSpec(_Strict):
     runtime: Runtime = "kserve"
     max_batch: int = Field(1000, ge=1)
-    cache_ttl_s: float = Field(0.0, ge=0.0)
+    # hot-entity feature cache: fresh for cache_ttl_s (0: off), cache_size entities at most, and the last
+    # known values served (flagged degraded) up to cache_stale_s old while the online store fails
+    cache_ttl_s: float = Field(1.0, ge=0.0, le=3600.0)
+    cache_size: int = Field(10_000, ge=1, le=10_000_000)
+    cache_stale_s: float = Field(300.0, ge=0.0, le=86_400.0)
     sample_rate: float = Field(1.0, ge=0.0, le=1.0)
     cpu: str = "1"
     memory: str = "2Gi"

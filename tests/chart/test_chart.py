@@ -645,3 +645,19 @@ def test_a_models_load_shedding_bound_and_priorities_reach_its_serving_spec(tmp_
                                ["spec"]["predictor"]["containers"][0]["args"][-1]).max_inflight == 32
     assert "priorities" in fails(tmp_path, {"models": [{"name": "fraud", "priorities": {"low": 1.5}}]})
     assert "maxInflight" in fails(tmp_path, {"models": [{"name": "fraud", "maxInflight": 0}]})
+
+
+def test_a_models_feature_cache_reaches_its_serving_spec_and_bad_sizes_are_refused(tmp_path: Path) -> None:
+    from keel.serving.spec import ServeSpec
+
+    def spec_of(model: dict) -> ServeSpec:
+        isvc = one(values(tmp_path, {"models": [model]}), "InferenceService")
+        return ServeSpec.from_json(isvc["spec"]["predictor"]["containers"][0]["args"][-1])
+
+    on = spec_of({"name": "fraud", "featureCache": {"ttlSeconds": 2.5, "entities": 500, "staleSeconds": 0}})
+    assert (on.cache_ttl_s, on.cache_size, on.cache_stale_s) == (2.5, 500, 0.0)
+    assert spec_of({"name": "fraud", "featureCache": {"ttlSeconds": 0}}).cache_ttl_s == 0.0  # off
+    default = spec_of({"name": "fraud"})
+    assert (default.cache_ttl_s, default.cache_size, default.cache_stale_s) == (1.0, 10_000, 300.0)
+    assert "entities" in fails(tmp_path, {"models": [{"name": "fraud", "featureCache": {"entities": 0}}]})
+    assert "ttl" in fails(tmp_path, {"models": [{"name": "fraud", "featureCache": {"ttl": 1}}]})

@@ -18,38 +18,46 @@ BODY = {"instances": [{"customer_id": 5, "merchant_id": 5, "amount": 25.0},
                       {"customer_id": 6, "merchant_id": 6, "amount": 900.0}]}
 
 
-def _fallbacks(url: str) -> float:
+def _counter(url: str, name: str, **labels: str) -> float:
     total = 0.0
+    want = [f'{k}="{v}"' for k, v in labels.items()]
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("keel_feature_fallback_total{"):
+        if line.startswith(name + "{") and all(w in line for w in want):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-def test_redis_down_mid_stream_degrades_without_errors(deployer, served_model: dict[str, str], stack: Stack,
-                                                       stack_settings: Settings, tmp_path: Path) -> None:
+def test_redis_down_mid_stream_degrades_to_the_last_known_values_without_errors(
+        deployer, served_model: dict[str, str], stack: Stack, stack_settings: Settings, tmp_path: Path) -> None:
+    """The feature cache is on by default (1 s fresh): while Redis is down the entities it has seen get
+    their last known values (stale-if-error, flagged degraded), an entity it has not seen gets the
+    training medians, and no request fails."""
     url = deployer(model=MODEL, runtime="kserve", port=free_ports(1)[0], predlog_uri=str(tmp_path))
-    results: list[tuple[float, int, bool]] = []
+    predict = f"{url}/v1/models/{MODEL}:predict"
+    results: list[tuple[float, int, bool | None, list[float] | None]] = []
     stop = threading.Event()
 
     def stream() -> None:
         with httpx.Client(timeout=10) as c:
             while not stop.is_set():
-                r = c.post(f"{url}/v1/models/{MODEL}:predict", json=BODY)
-                results.append((time.monotonic(), r.status_code, r.json().get("degraded") if r.status_code == 200
-                                else None))
+                r = c.post(predict, json=BODY)
+                ok = r.status_code == 200
+                results.append((time.monotonic(), r.status_code, r.json()["degraded"] if ok else None,
+                                r.json()["predictions"] if ok else None))
                 time.sleep(0.01)
 
     worker = threading.Thread(target=stream)
     worker.start()
     try:
         time.sleep(1.0)
-        before = _fallbacks(url)
+        before = _counter(url, "keel_feature_fallback_total")
         stopping_at = time.monotonic()
         stack.down(["redis"])  # returns once Redis has exited
         down_at = time.monotonic()
         time.sleep(3.0)
-        during = _fallbacks(url)
+        during = _counter(url, "keel_feature_fallback_total")
+        unseen = httpx.post(predict, json={"instances": [{"customer_id": 7, "merchant_id": 7, "amount": 25.0}]},
+                            timeout=10).json()
         restart_at = time.monotonic()
         stack.up(["redis"])  # returns once Redis answers PING
         back_at = time.monotonic()
@@ -57,16 +65,24 @@ def test_redis_down_mid_stream_degrades_without_errors(deployer, served_model: d
     finally:
         stop.set()
         worker.join(30)
-    codes = {code for _, code, _ in results}
+    codes = {code for _, code, _, _ in results}
     assert codes == {200}, f"non-200 answers during the outage: {codes}"
-    outage = [d for t, _, d in results if down_at + 0.5 < t < restart_at]
-    assert outage and all(outage), "every answer during the outage is flagged degraded"
+    calm = [p for t, _, _, p in results if t < stopping_at]
+    assert calm and all(p == calm[0] for p in calm)
+    # past the 1 s the cache holds them fresh, every answer is flagged, and still the last known scores
+    outage = [(d, p) for t, _, d, p in results if down_at + 1.5 < t < restart_at]
+    assert outage and all(d for d, _ in outage), "every answer during the outage is flagged degraded"
+    assert all(p == calm[0] for _, p in outage), "stale-if-error: the last known values, not the medians"
     assert during > before, "the fallback counter rises"
-    recovered = [t for t, _, d in results if t > back_at and d is False]
+    assert _counter(url, "keel_feature_fallback_total", reason="stale") > 0
+    assert _counter(url, "keel_feature_cache_total", result="stale") > 0
+    assert _counter(url, "keel_feature_cache_total", result="hit") > 0
+    assert unseen["degraded"] is True  # never seen: nothing to be stale with, so the medians
+    recovered = [t for t, _, d, _ in results if t > back_at and d is False]
     assert recovered, "service returned to normal after Redis came back"
     assert recovered[0] - back_at < 5.0
-    assert all(d is False for t, _, d in results if t > recovered[0] + 0.5)
-    assert not any(d for t, _, d in results if t < stopping_at)
+    assert all(d is False for t, _, d, _ in results if t > recovered[0] + 0.5)
+    assert not any(d for t, _, d, _ in results if t < stopping_at)
 
 
 def test_canary_split_matches_the_weight(deployer, served_model: dict[str, str], tmp_path: Path) -> None:

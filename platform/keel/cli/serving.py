@@ -30,6 +30,12 @@ from keel.output import render
 @click.option("--max-inflight", type=click.IntRange(min=1), default=None,
               help="prediction requests a replica holds at once; 503 + Retry-After past it (default: the spec's, "
                    "else 32)")
+@click.option("--cache-ttl", type=click.FloatRange(min=0.0), default=None,
+              help="seconds a looked-up entity's features are reused in process; 0 turns the cache off (default: "
+                   "the spec's, else 1)")
+@click.option("--cache-size", type=click.IntRange(min=1), default=None,
+              help="entities the feature cache holds at most, least recently used out first (default: the spec's, "
+                   "else 10000)")
 @click.option("--min-replicas", type=click.IntRange(min=0), default=1, show_default=True, help="cluster targets")
 @click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="cluster targets")
 @click.option("--values", "values_files", multiple=True, type=click.Path(path_type=Path),
@@ -41,7 +47,7 @@ from keel.output import render
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str | None,
            feature_service: str | None, port: int | None, canary: str | None, shadow: str | None, gpu: bool,
            num_gpus: float, sample_rate: float | None, max_batch: int | None, max_inflight: int | None,
-           min_replicas: int, max_replicas: int,
+           cache_ttl: float | None, cache_size: int | None, min_replicas: int, max_replicas: int,
            values_files: tuple[Path, ...], priority_class: str | None, dry_run: bool, no_wait: bool) -> None:
     """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation.
 
@@ -77,7 +83,7 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
     out = Client(s).deploy(model, alias, version=version, runtime=runtime, port=port, feature_service=feature_service,
                            canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
                            gpu=gpu or num_gpus > 0, num_gpus=num_gpus, sample_rate=sample_rate, max_batch=max_batch,
-                           max_inflight=max_inflight)
+                           max_inflight=max_inflight, cache_ttl_s=cache_ttl, cache_size=cache_size)
     extra = f", canary {canary_alias} {weight:.0%}" if canary_alias else f", shadow {shadow}" if shadow else ""
     click.echo(f"serving {out.model} v{out.version} ({out.runtime}{extra}) at {out.url}/v1/models/{out.model}:predict")
 

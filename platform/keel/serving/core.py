@@ -147,6 +147,9 @@ class Predictor:
         self._lat = {s: M.LATENCY.labels(name, version, s) for s in ("features", "model", "total")}
         self._batch = M.BATCH.labels(name, version)
         self._codes: dict[str, Any] = {}
+        # exported at 0 from the start, so a hit ratio exists before the first request
+        self._cache = {r: M.CACHE.labels(name, version, r) for r in ("hit", "miss", "stale")}
+        self._cache_entries = M.CACHE_ENTRIES.labels(name, version)
 
     def count(self, code: str, n: int = 1) -> None:
         """Count answered requests by HTTP-equivalent code (label children cached: this is per request)."""
@@ -163,7 +166,8 @@ class Predictor:
     def from_registry(cls, settings: Settings, name: str, alias: str | None = "champion", version: str | None = None,
                       gpu: bool = False, max_batch: int = 1000, predlog: PredictionLog | None = None,
                       cache_ttl_s: float = 0.0, breaker: CircuitBreaker | None = None,
-                      feature_service: str | None = None) -> Predictor:
+                      feature_service: str | None = None, cache_size: int = 10_000,
+                      cache_stale_s: float = 300.0) -> Predictor:
         """Load a version as ``keel.serving.plan`` resolves it: features looked up from its feature
         service (registered by keel, or ``feature_service`` given), or raw-feature mode (a version
         registered without keel: the request carries the inputs its signature names)."""
@@ -184,7 +188,7 @@ class Predictor:
             stats = reg.feature_stats(v) if plan.keel else {}
             defaults = {k: s.get("default") for k, s in stats.items()}
             online: Any = OnlineFeatures(open_store(settings, serving=True), plan.feature_service, defaults,
-                                         breaker, cache_ttl_s)
+                                         breaker, cache_ttl_s, cache_size, cache_stale_s)
         else:
             from keel.serving.features import RawFeatures
 
@@ -277,7 +281,19 @@ class Predictor:
         t2 = time.perf_counter()
         n = len(rows)
         if lookup.degraded.any():
-            M.FALLBACK.labels(self.name, self.version, lookup.reason or "error").inc(int(lookup.degraded.sum()))
+            stale = getattr(lookup, "stale", 0)
+            if stale:
+                M.FALLBACK.labels(self.name, self.version, "stale").inc(stale)
+            others = int(lookup.degraded.sum()) - stale
+            if others:
+                M.FALLBACK.labels(self.name, self.version, lookup.reason or "error").inc(others)
+        cache = getattr(self.online, "cache", None)
+        if cache is not None:
+            self._cache["hit"].inc(lookup.hits)
+            self._cache["miss"].inc(lookup.misses)
+            if lookup.stale:
+                self._cache["stale"].inc(lookup.stale)
+            self._cache_entries.set(len(cache))
         self._lat["features"].observe(t1 - t0)
         self._lat["model"].observe(t2 - t1)
         self._lat["total"].observe(t2 - t0)

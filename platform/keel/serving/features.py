@@ -39,8 +39,11 @@ def kind_of(dtype: Any) -> str:
 @dataclass
 class Lookup:
     columns: dict[str, np.ndarray]  # per name, one value per entity: float64 for numbers, object otherwise
-    degraded: np.ndarray            # bool per row: defaults were used
+    degraded: np.ndarray            # bool per row: defaults (or stale cached values) were used
     reason: str | None              # why, when any row is degraded
+    hits: int = 0                   # rows answered from the feature cache (fresh)
+    misses: int = 0                 # rows looked up in the store (or that would have been)
+    stale: int = 0                  # rows given stale cached values because the store failed
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -57,25 +60,40 @@ class Lookup:
         return out
 
 
-class TTLCache:
-    """A small LRU of recently fetched entities' base features (optional, off by default)."""
+class FeatureCache:
+    """The hot entities' base features, in process: an LRU of at most ``max_items`` entities.
 
-    def __init__(self, ttl_s: float, max_items: int = 10_000) -> None:
-        self.ttl_s, self.max_items = ttl_s, max_items
+    Why: on a skewed key distribution (a few accounts or users take most requests) most lookups
+    repeat within a second, and a hit costs a dict lookup instead of a Redis round trip. An entry is
+    fresh for ``ttl_s`` (a value materialized or pushed since is served at most that late); past it, it
+    is only used while the online store is failing (stale-if-error), up to ``stale_s`` old, and such
+    rows are flagged degraded: the last known values beat the training medians.
+    """
+
+    def __init__(self, ttl_s: float, max_items: int = 10_000, stale_s: float = 300.0,
+                 clock: Any = time.monotonic) -> None:
+        if ttl_s <= 0 or max_items < 1 or stale_s < 0:
+            raise ValueError("ttl_s > 0, max_items >= 1 and stale_s >= 0 are required")
+        self.ttl_s, self.max_items, self.stale_s = ttl_s, max_items, max(stale_s, ttl_s)
+        self._clock = clock
         self._data: OrderedDict[tuple, tuple[float, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> dict[str, Any] | None:
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: tuple, stale: bool = False) -> dict[str, Any] | None:
+        """The entity's values if fresh (or, with ``stale``, no older than ``stale_s``), else None."""
         with self._lock:
             hit = self._data.get(key)
-            if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+            if hit is None or self._clock() - hit[0] > (self.stale_s if stale else self.ttl_s):
                 return None
             self._data.move_to_end(key)
             return hit[1]
 
     def put(self, key: tuple, value: dict[str, Any]) -> None:
         with self._lock:
-            self._data[key] = (time.monotonic(), value)
+            self._data[key] = (self._clock(), value)
             self._data.move_to_end(key)
             while len(self._data) > self.max_items:
                 self._data.popitem(last=False)
@@ -83,7 +101,8 @@ class TTLCache:
 
 class OnlineFeatures:
     def __init__(self, store: Any, service_name: str, defaults: dict[str, float | None],
-                 breaker: CircuitBreaker | None = None, cache_ttl_s: float = 0.0) -> None:
+                 breaker: CircuitBreaker | None = None, cache_ttl_s: float = 0.0, cache_size: int = 10_000,
+                 cache_stale_s: float = 300.0) -> None:
         from keel.features.store import feature_service, service_views
 
         self.store = store
@@ -124,7 +143,7 @@ class OnlineFeatures:
         self.all_numeric = all(name in self.numeric for name in self.base)
         self.defaults = defaults
         self.breaker = breaker or CircuitBreaker()
-        self.cache = TTLCache(cache_ttl_s) if cache_ttl_s > 0 else None
+        self.cache = FeatureCache(cache_ttl_s, cache_size, cache_stale_s) if cache_ttl_s > 0 else None
         self.reader = self._fast_reader(store)
 
     def _fast_reader(self, store: Any) -> Any:
@@ -193,13 +212,18 @@ class OnlineFeatures:
         n = len(rows)
         degraded = np.zeros(n, dtype=bool)
         reason = None
-        cached: dict[int, dict[str, float]] = {}
-        if self.cache:
-            for i, r in enumerate(rows):
-                hit = self.cache.get(tuple(r[k] for k in self.entity_keys))
+        cache = self.cache
+        cached: dict[int, dict[str, Any]] = {}
+        keys: list[tuple] = []
+        if cache is not None:
+            keys = [tuple(r[k] for k in self.entity_keys) for r in rows]
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
                 if hit is not None:
                     cached[i] = hit
+        hits = len(cached)
         missing = [i for i in range(n) if i not in cached]
+        stale = 0
         fetched: dict[str, np.ndarray] | None = None
         if missing:
             if self.breaker.allow():
@@ -213,22 +237,32 @@ class OnlineFeatures:
             else:
                 reason = "breaker_open"
             if fetched is None:
+                if cache is not None:  # stale-if-error: the last known values, flagged, before the medians
+                    for i in missing:
+                        old = cache.get(keys[i], stale=True)
+                        if old is not None:
+                            cached[i] = old
+                            degraded[i] = True
+                            stale += 1
+                    missing = [i for i in missing if i not in cached]
+                    if stale and not missing:
+                        reason = "stale"
                 fetched = self._defaults(len(missing))
                 degraded[missing] = True
-            elif self.cache:
+            elif cache is not None:
                 for j, i in enumerate(missing):
-                    self.cache.put(tuple(rows[i][k] for k in self.entity_keys),
-                                   {name: col[j] for name, col in fetched.items()})
+                    cache.put(keys[i], {name: col[j] for name, col in fetched.items()})
         if cached:
             base = {name: np.empty(n, dtype="float64" if name in self.numeric else object) for name in self.base}
             for name in self.base:
+                column = base[name]
                 for i, hit in cached.items():
-                    base[name][i] = hit[name]
+                    column[i] = hit[name]
                 if missing:
-                    base[name][missing] = fetched[name]
+                    column[missing] = fetched[name]
         else:
             base = fetched or {}
-        return Lookup(self._columns(base, rows), degraded, reason)
+        return Lookup(self._columns(base, rows), degraded, reason, hits, n - hits, stale)
 
 
 def _floats(values: list[Any]) -> np.ndarray:

@@ -24,3 +24,8 @@ PREDICTIONS = Counter("keel_predictions_total", "Entities scored, by role (prima
 INFLIGHT = Gauge("keel_inflight_requests", "Requests being processed", ["model"])
 LOG_DROPPED = Counter("keel_prediction_log_dropped_total", "Prediction-log records dropped (buffer full)",
                       ["model"])
+CACHE = Counter("keel_feature_cache_total",
+                "Entity lookups by the in-process feature cache's answer: hit (fresh), miss (read from the store) "
+                "or stale (the last known values, served while the store fails)", ["model", "version", "result"])
+CACHE_ENTRIES = Gauge("keel_feature_cache_entries", "Entities held by the in-process feature cache",
+                      ["model", "version"])

@@ -27,7 +27,11 @@ class ServeSpec:
     num_gpus: float = 0.0
     predlog_uri: str | None = None
     sample_rate: float = 1.0
-    cache_ttl_s: float = 0.0
+    # the hot-entity feature cache (keel.serving.features.FeatureCache): fresh for cache_ttl_s (0: off), at most
+    # cache_size entities, and their last known values served (flagged) up to cache_stale_s old while the store fails
+    cache_ttl_s: float = 1.0
+    cache_size: int = 10_000
+    cache_stale_s: float = 300.0
     batch_max_size: int = 32
     batch_wait_s: float = 0.005
     min_replicas: int = 1
@@ -50,6 +54,9 @@ class ServeSpec:
             raise KeelError(f"invalid sample rate {self.sample_rate}: expected a fraction between 0 and 1")
         if self.num_gpus < 0 or self.max_batch < 1 or self.min_replicas < 0 or self.max_replicas < 1:
             raise KeelError("num_gpus >= 0, max_batch >= 1, min_replicas >= 0 and max_replicas >= 1 are required")
+        if self.cache_ttl_s < 0 or self.cache_size < 1 or self.cache_stale_s < 0:
+            raise KeelError(f"invalid feature cache (ttl {self.cache_ttl_s} s, {self.cache_size} entities, stale "
+                            f"{self.cache_stale_s} s): expected ttl >= 0 (0: off), at least 1 entity, stale >= 0")
         if self.max_inflight < 1:
             raise KeelError(f"invalid max_inflight {self.max_inflight}: expected at least 1 request")
         bad = {k: v for k, v in (self.priorities or {}).items() if not 0.0 < v <= 1.0}
@@ -96,6 +103,7 @@ class ServeSpec:
         uri = self.predlog_uri or str(settings.home / "predictions")
         log = PredictionLog(uri, self.sample_rate, flush_interval_s=10.0)
         common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s,
+                  "cache_size": self.cache_size, "cache_stale_s": self.cache_stale_s,
                   "feature_service": self.feature_service}
         primary = Predictor.from_registry(settings, self.model, self.alias, self.version, **common)
         other = self.canary_alias or self.shadow_alias
