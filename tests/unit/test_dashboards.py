@@ -212,6 +212,10 @@ QUIET_STACK = {
     'keel_predictions_total{model="churn", version="4", role="shadow"}': "0+100x40",
     'keel_inflight_requests{model="churn"}': "1x40",
     'keel_requests_shed_total{model="churn", priority="default"}': "0x40",  # exported at 0, never shed
+    'keel_feature_cache_total{model="churn", version="3", result="hit"}': "0+12x40",
+    'keel_feature_cache_total{model="churn", version="3", result="miss"}': "0+8x40",
+    'keel_feature_cache_total{model="churn", version="3", result="stale"}': "0x40",  # exported at 0, never failed
+    'keel_feature_cache_entries{model="churn", version="3"}': "40x40",
     'keel_feature_drift_score{model="churn", version="3", feature="tenure", method="psi"}': "0.05x40",
     'keel_feature_drift_detected{model="churn", version="3", feature="tenure", method="psi"}': "0x40",
     'keel_dataset_drift_share{model="churn", version="3"}': "0x40",

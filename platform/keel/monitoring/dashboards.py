@@ -283,6 +283,17 @@ def features() -> Dashboard:
         timeseries("Fallback rate by reason", "Entities per second served with default features, by reason.",
                    [(or_zero(rate_sum("keel_feature_fallback_total", "model, reason"), "reason"),
                      "{{model}} {{reason}}")], min=0),
+        timeseries("Feature cache hit ratio", "Share of entity lookups the replicas' in-process cache answered "
+                   "fresh (the rest read the online store): high on skewed traffic, near 0 on uniform keys.",
+                   [(rate_sum("keel_feature_cache_total", "model", 'result="hit"') + " / "
+                     + rate_sum("keel_feature_cache_total", "model", 'result=~"hit|miss"'), "{{model}}")],
+                   unit="percentunit", min=0, max=1, w=8),
+        timeseries("Stale answers", "Entities per second served their last known values (flagged degraded) "
+                   "because the online store failed: stale-if-error.",
+                   [(rate_sum("keel_feature_cache_total", "model", 'result="stale"'), "{{model}}")], min=0, w=8),
+        timeseries("Cached entities", "Entities each model's replicas hold in the feature cache (bounded by "
+                   "the serving spec's cache size).",
+                   [(f"sum by (model) ({sel('keel_feature_cache_entries')})", "{{model}}")], w=8),
         timeseries("Materialization freshness", "How far behind now each feature view's online data ends.",
                    [(f"time() - max by (feature_view) "
                      f"({sel('keel_feature_materialized_until_timestamp_seconds', model=False)})", "{{feature_view}}")],

@@ -13,7 +13,8 @@ REQUESTS = Counter("keel_requests_total", "Prediction requests by outcome", ["mo
 LATENCY = Histogram("keel_request_duration_seconds", "Prediction latency by stage (features, model, total)",
                     ["model", "version", "stage"], buckets=LATENCY_BUCKETS)
 FALLBACK = Counter("keel_feature_fallback_total",
-                   "Entities served with default feature values because the online store failed",
+                   "Entities served degraded because the online store failed: default feature values, or the "
+                   "feature cache's last known values (reason stale)",
                    ["model", "version", "reason"])
 BREAKER = Gauge("keel_feature_breaker_state", "Online-store circuit breaker: 0 closed, 1 half-open, 2 open",
                 ["model", "version"])
