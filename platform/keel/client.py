@@ -131,7 +131,8 @@ class Client:
         settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
                                      "cache_size": serving.cache_size, "cache_stale_s": serving.cache_stale_s,
                                      "sample_rate": serving.sample_rate, "max_inflight": serving.max_inflight,
-                                     "priorities": serving.priorities or None} if serving else {})
+                                     "priorities": serving.priorities or None, "fallback": serving.fallback}
+                                    if serving else {})
         settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins
         return target.deploy(ServeSpec(model=model, alias=alias, version=version, port=chosen,
                                        feature_service=feature_service, runtime=runtime, **settings))

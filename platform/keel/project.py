@@ -68,6 +68,9 @@ class ServingSpec(_Strict):
     max_inflight: int = Field(32, ge=1, le=100_000)
     # priority class (the X-Keel-Priority header's value) -> the share of max_inflight it may fill
     priorities: dict[str, float] = Field(default_factory=dict)
+    # a simpler version of the same model (alias or version number) for rows whose features had to be
+    # defaulted (online store down, breaker open, features missing); the training medians stay the last resort
+    fallback: str | None = Field(None, min_length=1, pattern=r"^\S+$")
 
     @field_validator("priorities")
     @classmethod

@@ -661,3 +661,16 @@ def test_a_models_feature_cache_reaches_its_serving_spec_and_bad_sizes_are_refus
     assert (default.cache_ttl_s, default.cache_size, default.cache_stale_s) == (1.0, 10_000, 300.0)
     assert "entities" in fails(tmp_path, {"models": [{"name": "fraud", "featureCache": {"entities": 0}}]})
     assert "ttl" in fails(tmp_path, {"models": [{"name": "fraud", "featureCache": {"ttl": 1}}]})
+
+
+def test_a_models_fallback_version_reaches_its_serving_spec(tmp_path: Path) -> None:
+    from keel.serving.spec import ServeSpec
+
+    def spec_of(model: dict) -> ServeSpec:
+        isvc = one(values(tmp_path, {"models": [model]}), "InferenceService")
+        return ServeSpec.from_json(isvc["spec"]["predictor"]["containers"][0]["args"][-1])
+
+    assert spec_of({"name": "fraud", "fallback": "baseline"}).fallback == "baseline"
+    assert spec_of({"name": "fraud", "fallback": 3}).fallback == "3"  # a version number
+    assert spec_of({"name": "fraud"}).fallback is None
+    assert "fallback" in fails(tmp_path, {"models": [{"name": "fraud", "fallback": "two words"}]})

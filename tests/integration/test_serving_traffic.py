@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,82 @@ def test_redis_down_mid_stream_degrades_to_the_last_known_values_without_errors(
     assert recovered[0] - back_at < 5.0
     assert all(d is False for t, _, d, _ in results if t > recovered[0] + 0.5)
     assert not any(d for t, _, d, _ in results if t < stopping_at)
+
+
+def test_a_fallback_version_scores_what_redis_cannot_and_is_checked_before_a_server_starts(
+        deployer, training_set, stack: Stack, stack_settings: Settings, tmp_path: Path) -> None:
+    """Spec-declared fallback: a plain model on the request's own amount (no online features) scores the
+    rows while Redis is down, flagged in the answer and counted; a fallback that cannot stand in is
+    refused at deploy, in seconds, before any server starts."""
+    import mlflow
+    import numpy as np
+    import pytest
+    from examples.fraud.fraud_model import train_fraud_model
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from keel.errors import KeelError
+    from keel.infra.probes import wait_until
+    from keel.registry.client import Registry
+
+    name = "fraud_fallback"
+    reg = Registry(stack_settings)
+    full = train_fraud_model(training_set)
+    served = reg.register(full.model, name, training_set, full.holdout, full.metrics).version
+    reg.promote(name)
+    X = training_set.frame[["amount"]].astype("float64")
+    simple = LogisticRegression().fit(X, training_set.frame[training_set.label])
+    mlflow.set_tracking_uri(stack_settings.tracking_uri)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(simple, name="model", registered_model_name=name,
+                                 signature=mlflow.models.infer_signature(X, simple.predict_proba(X)[:, 1]))
+        with_age = X.assign(age=1.0)  # needs an input the fraud requests do not carry
+        mlflow.sklearn.log_model(LogisticRegression().fit(with_age, training_set.frame[training_set.label]),
+                                 name="needs_age", registered_model_name=name,
+                                 signature=mlflow.models.infer_signature(with_age, simple.predict(X)))
+    client = MlflowClient()
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    fb_version, needs_age = str(versions[-2]), str(versions[-1])
+    client.set_registered_model_alias(name, "fallback", fb_version)
+
+    port = free_ports(1)[0]
+    for bad, why in (("nosuch", "nosuch"), (served, "the version being served"),
+                     (needs_age, "needs input(s) age")):
+        t0 = time.monotonic()
+        with pytest.raises(KeelError, match=re.escape(why)):
+            deployer(model=name, runtime="kserve", port=port, fallback=bad)
+        assert time.monotonic() - t0 < 15.0
+    body = {"instances": [{"customer_id": 5, "merchant_id": 5, "amount": 25.0},
+                          {"customer_id": 6, "merchant_id": 6, "amount": 900.0}]}
+    want = simple.predict_proba(np.array([[25.0], [900.0]]))[:, 1]
+    for runtime in ("kserve", "ray"):  # the Ray runtime batches requests: each answer keeps its own rows' flags
+        url = deployer(model=name, runtime=runtime, port=port, fallback="fallback", cache_ttl_s=0.0,
+                       predlog_uri=str(tmp_path))
+        predict = f"{url}/v1/models/{name}:predict"
+        calm = httpx.post(predict, json=body, timeout=10).json()
+        assert calm["degraded"] is False and "fallback_rows" not in calm
+        assert _counter(url, "keel_fallback_model_predictions_total") == 0  # exported at 0
+        stack.down(["redis"])
+        try:
+            answers = [httpx.post(predict, json=body, timeout=10) for _ in range(8)]
+        finally:
+            stack.up(["redis"])  # returns once Redis answers PING
+        assert {r.status_code for r in answers} == {200}, runtime
+        for r in answers:
+            out = r.json()
+            assert out["degraded"] is True and out["fallback_rows"] == [True, True], (runtime, out)
+            assert out["fallback_version"] == fb_version
+            assert np.allclose(out["predictions"], want, atol=1e-9), (runtime, out["predictions"], want)
+        assert _counter(url, "keel_fallback_model_predictions_total", fallback_version=fb_version) == 16
+        answer: dict = {}
+
+        def whole(answer: dict = answer, predict: str = predict) -> bool:
+            answer.clear()
+            answer.update(httpx.post(predict, json=body, timeout=10).json())
+            return answer["degraded"] is False
+
+        assert wait_until(whole, 10), answer  # the breaker lets a probe through within its 1 s cool-down
+        assert "fallback_rows" not in answer and np.allclose(answer["predictions"], calm["predictions"])
 
 
 def test_canary_split_matches_the_weight(deployer, served_model: dict[str, str], tmp_path: Path) -> None:

@@ -216,6 +216,7 @@ QUIET_STACK = {
     'keel_feature_cache_total{model="churn", version="3", result="miss"}': "0+8x40",
     'keel_feature_cache_total{model="churn", version="3", result="stale"}': "0x40",  # exported at 0, never failed
     'keel_feature_cache_entries{model="churn", version="3"}': "40x40",
+    'keel_fallback_model_predictions_total{model="churn", version="3", fallback_version="2"}': "0x40",
     'keel_feature_drift_score{model="churn", version="3", feature="tenure", method="psi"}': "0.05x40",
     'keel_feature_drift_detected{model="churn", version="3", feature="tenure", method="psi"}': "0x40",
     'keel_dataset_drift_share{model="churn", version="3"}': "0x40",

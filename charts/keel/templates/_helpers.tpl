@@ -156,6 +156,7 @@ KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
 {{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- end }}
 {{- with $m.maxInflight }}{{- $_ := set $spec "max_inflight" (int .) }}{{- end }}
 {{- with $m.featureCache }}{{- if hasKey . "ttlSeconds" }}{{- $_ := set $spec "cache_ttl_s" (float64 .ttlSeconds) }}{{- end }}{{- with .entities }}{{- $_ := set $spec "cache_size" (int .) }}{{- end }}{{- if hasKey . "staleSeconds" }}{{- $_ := set $spec "cache_stale_s" (float64 .staleSeconds) }}{{- end }}{{- end }}
+{{- with $m.fallback }}{{- $_ := set $spec "fallback" (toString .) }}{{- end }}
 {{- with $m.priorities }}{{- $_ := set $spec "priorities" . }}{{- end }}
 {{- if and $m.gpu $m.gpu.enabled }}{{- $_ := set $spec "gpu" true }}{{- end }}
 {{- if gt (float64 ($m.numGpus | default 0)) 0.0 }}{{- $_ := set $spec "gpu" true }}{{- $_ := set $spec "num_gpus" $m.numGpus }}{{- end }}

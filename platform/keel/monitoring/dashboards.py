@@ -240,6 +240,10 @@ def model() -> Dashboard:
         timeseries("Feature fallback rate by reason", "Entities per second served with default features, by "
                    "why the online store failed.",
                    [(or_zero(rate_sum("keel_feature_fallback_total", "reason"), "reason"), "{{reason}}")], min=0),
+        timeseries("Fallback model", "Entities per second scored by the serving spec's fallback version "
+                   "(fewer or no online features) because their features had to be defaulted.",
+                   [(or_zero(rate_sum("keel_fallback_model_predictions_total", "fallback_version"), "fallback_version"),
+                     "fallback v{{fallback_version}}")], min=0, w=8),
         timeseries("Batch size", "Entities per model call.",
                    [(quantile(q, "keel_batch_size", "version"), f"p{round(q * 100)} v{{{{version}}}}")
                     for q in (0.5, 0.95)], w=8),

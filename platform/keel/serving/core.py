@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from keel.config import Settings
+from keel.errors import KeelError
 from keel.serving import metrics as M
 from keel.serving.breaker import STATE_VALUE, CircuitBreaker
 from keel.serving.predlog import PredictionLog, now
@@ -45,12 +46,16 @@ class Result:
     role: str = "primary"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     classes: list[Any] | None = None  # multiclass: the class of each probability, in order
+    fallback_rows: list[bool] | None = None  # rows scored by the fallback model version (degraded too)
+    fallback_version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {"model": self.model, "version": self.version, "predictions": self.scores,
                "degraded": any(self.degraded), "degraded_rows": self.degraded, "request_id": self.request_id}
         if self.classes is not None:
             out["classes"] = self.classes
+        if self.fallback_rows is not None and any(self.fallback_rows):
+            out["fallback_version"], out["fallback_rows"] = self.fallback_version, self.fallback_rows
         return out
 
 
@@ -142,6 +147,7 @@ class Predictor:
         self.max_batch = max_batch
         self.predlog = predlog
         self.examples = examples  # a few holdout rows (DataFrame): real requests and the features behind them
+        self.fallback: Predictor | None = None
         self.online.breaker._on_change = self._breaker_changed
         M.BREAKER.labels(name, version).set(0)
         self._lat = {s: M.LATENCY.labels(name, version, s) for s in ("features", "model", "total")}
@@ -198,6 +204,47 @@ class Predictor:
                  runner.device)
         return cls(name, v.version, runner, online, plan.features, max_batch, predlog,
                    alias if not version else None, examples)
+
+    def use_fallback(self, fallback: Predictor) -> None:
+        """Score the rows whose features had to be defaulted (store down, breaker open, features missing)
+        with ``fallback``, a simpler version of the same model, instead of on the training medians. It
+        must answer the same task (and classes) from inputs this version's requests carry."""
+        if fallback.runner.task != self.runner.task or fallback.runner.classes != self.runner.classes:
+            raise KeelError(f"fallback {fallback.name} v{fallback.version} is a {fallback.runner.task} model; "
+                            f"expected the task of v{self.version}: {self.runner.task}"
+                            + (f" with classes {self.runner.classes}" if self.runner.classes else ""))
+        extra = [f for f in fallback.input_fields if f not in self.input_fields]
+        if extra:
+            raise KeelError(f"fallback {fallback.name} v{fallback.version} needs input(s) {', '.join(extra)} that "
+                            f"requests to v{self.version} do not carry; expected a version whose inputs are among: "
+                            f"{', '.join(self.input_fields) or '(none)'}")
+        self.fallback = fallback
+        self._fallback_count = M.FALLBACK_MODEL.labels(self.name, self.version, fallback.version)
+        self._fallback_count.inc(0)  # exported at 0 from the start
+
+    def _with_fallback(self, rows: list[dict[str, Any]], scores: np.ndarray, need: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The fallback's scores where it could give them; the medians' scores stay the last resort
+        (the fallback failing, or itself short of features, never fails the request)."""
+        fb = self.fallback
+        assert fb is not None
+        idx = np.flatnonzero(need)
+        try:
+            sub = [{k: rows[i][k] for k in fb.input_fields} for i in idx]
+            got, fl = fb.score(fb.online.fetch(sub))
+        except Exception as exc:
+            log.warning("fallback %s v%s failed (%s: %s); serving the training defaults' scores", fb.name,
+                        fb.version, type(exc).__name__, exc)
+            return scores, None
+        ok = ~fl.defaulted if fl.defaulted is not None else np.ones(len(idx), dtype=bool)
+        if not ok.any():
+            return scores, None
+        out = np.array(scores, dtype="float64", copy=True)
+        out[idx[ok]] = np.asarray(got, dtype="float64")[ok]
+        used = np.zeros(len(rows), dtype=bool)
+        used[idx[ok]] = True
+        self._fallback_count.inc(int(ok.sum()))
+        return out, used
 
     def warmup(self, rounds: int = 3) -> None:
         """Exercise the whole path (Redis connection, Feast registry, on-demand transforms, the model)
@@ -266,6 +313,7 @@ class Predictor:
                 if d is not None and col is not None:
                     col[missing & frame[f].isna().to_numpy()] = d
             lookup.degraded = lookup.degraded | missing
+            lookup.defaulted = missing if lookup.defaulted is None else lookup.defaulted | missing
             lookup.reason = lookup.reason or "missing_features"
             return self.runner.score_lookup(lookup, self.features), lookup
 
@@ -299,8 +347,13 @@ class Predictor:
         self._lat["total"].observe(t2 - t0)
         self._batch.observe(n)
         M.PREDICTIONS.labels(self.name, self.version, role).inc(n)
+        used = None
+        if self.fallback is not None and lookup.defaulted is not None and lookup.defaulted.any():
+            scores, used = self._with_fallback(rows, scores, lookup.defaulted)
         result = Result(self.name, self.version, _outputs(scores), lookup.degraded.tolist(), role,
-                        request_id or uuid.uuid4().hex, self.runner.classes)
+                        request_id or uuid.uuid4().hex, self.runner.classes,
+                        None if used is None else used.tolist(), None if used is None or not self.fallback
+                        else self.fallback.version)
         if self.predlog is not None and self.predlog.sampled():
             self._log(result, rows, lookup, row_ids)
         return result

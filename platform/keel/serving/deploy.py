@@ -86,6 +86,8 @@ class LocalTarget(DeployTarget):
                 check_deployable(self.settings, spec.model, other, None, spec.feature_service)
         if plan.feature_service and spec.feature_service:
             _check_feature_service(self.settings, plan.feature_service, plan.features, spec.model, version)
+        if spec.fallback:
+            _check_fallback(self.settings, spec, version, plan)
         for w in plan.warnings:
             logging.getLogger("keel.serving").warning(w)
         for name, existing in self.specs().items():
@@ -163,6 +165,42 @@ def _check_feature_service(settings: Settings, name: str, features: list[str], m
     odd = [f"{f.name}:{f.dtype}" for p in svc.feature_view_projections for f in p.features
            if f.name in features and str(f.dtype) not in SERVABLE_TYPES]
     refuse_unservable(model, version, ",".join(odd), name)
+
+
+def _check_fallback(settings: Settings, spec: ServeSpec, version: str, plan: Any) -> None:
+    """The fallback version exists, is another version, answers the same task and needs only inputs that
+    requests to the served version carry: refused here, before a server starts, with what was expected."""
+    from keel.serving.plan import check_deployable
+
+    fallback = spec.fallback or ""
+    by_version = fallback.isdigit()
+    fb_version, fb_plan = check_deployable(settings, spec.model, None if by_version else fallback,
+                                           fallback if by_version else None)
+    if fb_version == version:
+        raise KeelError(f"fallback '{fallback}' is v{version}, the version being served; expected a simpler "
+                        "version of the model (fewer or no online features)")
+    if plan.task and fb_plan.task and plan.task != fb_plan.task:
+        raise KeelError(f"fallback '{fallback}' (v{fb_version}) is a {fb_plan.task} model; expected the task of "
+                        f"v{version}: {plan.task}")
+    have, need = _request_inputs(settings, plan), _request_inputs(settings, fb_plan)
+    extra = sorted(need - have)
+    if extra:
+        raise KeelError(f"fallback '{fallback}' (v{fb_version}) needs input(s) {', '.join(extra)} that requests to "
+                        f"v{version} do not carry; expected a version whose inputs are among: "
+                        f"{', '.join(sorted(have)) or '(none)'}")
+
+
+def _request_inputs(settings: Settings, plan: Any) -> set[str]:
+    """What a request to a version carries: its feature service's entity keys and request fields, or the
+    raw inputs its signature names."""
+    if not plan.feature_service:
+        return set(plan.inputs)
+    from keel.features.store import feature_service, open_store, service_views
+
+    store = open_store(settings)
+    fvs, odfvs = service_views(store, feature_service(store, plan.feature_service))
+    return ({jk for fv in fvs for jk in fv.join_keys}
+            | {f.name for od in odfvs for src in od.source_request_sources.values() for f in src.schema})
 
 
 def target(settings: Settings, name: str) -> DeployTarget:

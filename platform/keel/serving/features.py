@@ -44,6 +44,7 @@ class Lookup:
     hits: int = 0                   # rows answered from the feature cache (fresh)
     misses: int = 0                 # rows looked up in the store (or that would have been)
     stale: int = 0                  # rows given stale cached values because the store failed
+    defaulted: np.ndarray | None = None  # bool per row: the training defaults stand in for its features
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -211,6 +212,7 @@ class OnlineFeatures:
     def fetch(self, rows: list[dict[str, Any]]) -> Lookup:
         n = len(rows)
         degraded = np.zeros(n, dtype=bool)
+        defaulted = None
         reason = None
         cache = self.cache
         cached: dict[int, dict[str, Any]] = {}
@@ -249,6 +251,8 @@ class OnlineFeatures:
                         reason = "stale"
                 fetched = self._defaults(len(missing))
                 degraded[missing] = True
+                defaulted = np.zeros(n, dtype=bool)
+                defaulted[missing] = True
             elif cache is not None:
                 for j, i in enumerate(missing):
                     cache.put(keys[i], {name: col[j] for name, col in fetched.items()})
@@ -262,7 +266,7 @@ class OnlineFeatures:
                     column[missing] = fetched[name]
         else:
             base = fetched or {}
-        return Lookup(self._columns(base, rows), degraded, reason, hits, n - hits, stale)
+        return Lookup(self._columns(base, rows), degraded, reason, hits, n - hits, stale, defaulted)
 
 
 def _floats(values: list[Any]) -> np.ndarray:

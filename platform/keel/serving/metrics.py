@@ -25,6 +25,9 @@ PREDICTIONS = Counter("keel_predictions_total", "Entities scored, by role (prima
 INFLIGHT = Gauge("keel_inflight_requests", "Requests being processed", ["model"])
 LOG_DROPPED = Counter("keel_prediction_log_dropped_total", "Prediction-log records dropped (buffer full)",
                       ["model"])
+FALLBACK_MODEL = Counter("keel_fallback_model_predictions_total",
+                         "Entities scored by the serving spec's fallback model version because the online "
+                         "store failed or features were missing", ["model", "version", "fallback_version"])
 CACHE = Counter("keel_feature_cache_total",
                 "Entity lookups by the in-process feature cache's answer: hit (fresh), miss (read from the store) "
                 "or stale (the last known values, served while the store fails)", ["model", "version", "result"])

@@ -109,8 +109,9 @@ class Router:
             pos = 0
             for i, rid, rows in zip(idx, ids, rows_list, strict=True):
                 k = len(rows)
+                fb = merged.fallback_rows[pos:pos + k] if merged.fallback_rows is not None else None
                 out[i] = Result(chosen.name, chosen.version, merged.scores[pos:pos + k], merged.degraded[pos:pos + k],
-                                role, rid, merged.classes)
+                                role, rid, merged.classes, fb, merged.fallback_version if fb and any(fb) else None)
                 pos += k
                 chosen.count("200")
                 if self._shadow is not None and self.secondary is not None:

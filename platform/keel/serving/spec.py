@@ -42,6 +42,9 @@ class ServeSpec:
     route_prefix: str = ""
     max_inflight: int = 32  # load shedding: prediction requests a replica holds at once (keel.serving.shed)
     priorities: dict[str, float] | None = None  # X-Keel-Priority class -> share of max_inflight
+    # a simpler version of the same model (an alias, or a version number) that scores the rows whose
+    # features had to be defaulted; the training medians stay the last resort
+    fallback: str | None = None
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -57,6 +60,8 @@ class ServeSpec:
         if self.cache_ttl_s < 0 or self.cache_size < 1 or self.cache_stale_s < 0:
             raise KeelError(f"invalid feature cache (ttl {self.cache_ttl_s} s, {self.cache_size} entities, stale "
                             f"{self.cache_stale_s} s): expected ttl >= 0 (0: off), at least 1 entity, stale >= 0")
+        if self.fallback is not None and not self.fallback.strip():
+            raise KeelError("invalid fallback '': expected an alias or a version number of the model")
         if self.max_inflight < 1:
             raise KeelError(f"invalid max_inflight {self.max_inflight}: expected at least 1 request")
         bad = {k: v for k, v in (self.priorities or {}).items() if not 0.0 < v <= 1.0}
@@ -109,6 +114,15 @@ class ServeSpec:
         other = self.canary_alias or self.shadow_alias
         secondary = Predictor.from_registry(settings, self.model, other, **common) if other else None
         mode = "canary" if self.canary_alias else "shadow" if self.shadow_alias else None
+        if self.fallback:
+            by_version = self.fallback.isdigit()
+            fb = Predictor.from_registry(settings, self.model, None if by_version else self.fallback,
+                                         self.fallback if by_version else None,
+                                         **{**common, "predlog": None})
+            for p in (primary, secondary):
+                if p is not None:
+                    p.use_fallback(fb)
+            fb.warmup()
         for p in (primary, secondary):
             if p is not None:
                 p.warmup()
