@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PROFILES, Row, machine, say  # noqa: E402
 
-SCENARIOS = ("online", "saturation", "hang", "oversize", "batch", "cache", "materialize", "pit", "pit_ray",
-             "rediscluster", "drift")
+SCENARIOS = ("online", "saturation", "hang", "redis_down", "overload", "coldstart", "oversize", "batch", "cache",
+             "materialize", "pit", "pit_ray", "rediscluster", "drift")
 
 
 def _fmt(v: float) -> str:
@@ -98,17 +98,20 @@ def main(argv: list[str] | None = None) -> int:
             return rows
 
         scenario("online/saturation", serving)
-    if {"hang", "oversize", "batch", "cache"} & set(only):
-        from bench import cache, faults, online, oversize, scale
+    if {"hang", "redis_down", "overload", "coldstart", "oversize", "batch", "cache"} & set(only):
+        from bench import cache, faults, online, oversize, pressure, scale
 
-        def faulty() -> list[Row]:  # one world (stack, repo, model) for all four
+        def faulty() -> list[Row]:  # one world (stack, repo, model) for all of them
             with online.world(profile, t / "faults") as w:
                 return ((faults.run(profile, w) if "hang" in only else [])
+                        + (pressure.redis_down(profile, w) if "redis_down" in only else [])
+                        + (pressure.overload(profile, w) if "overload" in only else [])
+                        + (pressure.coldstart(profile, w) if "coldstart" in only else [])
                         + (oversize.run(profile, w) if "oversize" in only else [])
                         + (scale.batch_rows(profile, w) if "batch" in only else [])
                         + (cache.run(profile, w) if "cache" in only else []))
 
-        scenario("hang/oversize/batch/cache", faulty)
+        scenario("faults/pressure/batch/cache", faulty)
     if "materialize" in only:
         from bench import materialize
 

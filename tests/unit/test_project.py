@@ -69,6 +69,10 @@ def test_found_from_env_or_a_parent_directory(tmp_path: Path, monkeypatch: pytes
         ("feature_repo: elsewhere", ["feature_repo: no feature_store.yaml in"]),
         ("models: {m: {feature_service: x, label: y, labels: z, task: binary, train: 'a:b', "
          "rollout: {canary_percent: 150}}}", ["models.m.rollout.canary_percent", "150"]),
+        ("models: {m: {feature_service: x, label: y, labels: z, task: binary, train: 'a:b', "
+         "serving: {cache_size: 0}}}", ["models.m.serving.cache_size", "0"]),
+        ("models: {m: {feature_service: x, label: y, labels: z, task: binary, train: 'a:b', "
+         "serving: {fallback: ''}}}", ["models.m.serving.fallback"]),
         (": not yaml: [", ["not valid YAML"]),
     ],
 )
