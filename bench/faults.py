@@ -15,64 +15,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from typing import Any
 
 from bench.common import Profile, Row, client_cpus, in_child, median, say
-from bench.loadgen import _pct
+from bench.loadgen import _pct, open_records
 
 HANG_S, BEFORE_S, AFTER_S, RATE = 10.0, 2.0, 3.0, 100.0  # issue 18: hung for 10 s
 
 
-async def _load(url: str, bodies: list[bytes], rate: float, redis_pid: int
-                ) -> tuple[list[tuple[float, float, int, bool]], tuple[float, float]]:
-    """(due offset s, latency s, status, degraded) per request, open loop; and when (offsets from the
-    first request's due time) Redis was stopped and continued: the load generator does both itself, so
-    the window is on the requests' own clock."""
-    import aiohttp
-
-    out: list[tuple[float, float, int, bool]] = []
-    window: list[float] = []
-    conn = aiohttp.TCPConnector(limit=512)
-    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"},
-                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
-        for b in bodies[:20]:
-            async with s.post(url, data=b) as r:
-                await r.read()
-        t0 = time.perf_counter() + 0.05
-
-        async def one(i: int, body: bytes) -> None:
-            due = t0 + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                async with s.post(url, data=body) as r:
-                    answer = await r.json(content_type=None) if r.status == 200 else {}
-                    status = r.status
-            except (TimeoutError, aiohttp.ClientError):
-                answer, status = {}, 599
-            degraded = answer.get("degraded") or answer.get("parameters", {}).get("degraded") or False
-            out.append((due - t0, time.perf_counter() - due, status, bool(any(degraded) if isinstance(degraded, list)
-                                                                         else degraded)))
-
-        async def hang() -> None:
-            await asyncio.sleep(max(0.0, t0 + BEFORE_S - time.perf_counter()))
-            os.kill(redis_pid, signal.SIGSTOP)
-            window.append(time.perf_counter() - t0)
-            try:
-                await asyncio.sleep(HANG_S)
-            finally:
-                os.kill(redis_pid, signal.SIGCONT)
-                window.append(time.perf_counter() - t0)
-
-        await asyncio.gather(hang(), *(one(i, b) for i, b in enumerate(bodies)))
-    return out, (window[0], window[1])
-
-
 def _load_main(url: str, bodies: list[bytes], rate: float, redis_pid: int) -> Any:
+    """The open loop with Redis stopped BEFORE_S into it and continued HANG_S later, on the requests' own
+    clock: (records, (stopped at, continued at))."""
     try:
-        return asyncio.run(_load(url, bodies, rate, redis_pid))
+        got, (lo, hi) = asyncio.run(open_records(url, bodies, rate, at={
+            BEFORE_S: lambda: os.kill(redis_pid, signal.SIGSTOP),
+            BEFORE_S + HANG_S: lambda: os.kill(redis_pid, signal.SIGCONT)}))
+        return got, (lo, hi)
     finally:
         os.kill(redis_pid, signal.SIGCONT)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import client_cpus, in_child
@@ -20,14 +21,20 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-async def _open(url: str, bodies: list[bytes], rate: float) -> dict[str, Any]:
+async def open_records(url: str, bodies: list[bytes], rate: float, timeout_s: float = 10.0,
+                       at: dict[float, Callable[[], None]] | None = None
+                       ) -> tuple[list[tuple[float, float, int, bool]], list[float]]:
+    """Open loop: (due offset s, latency s, status, degraded) per request, a timed-out or refused request
+    being status 599; and, for each of ``at``'s callbacks (a fault injected at an offset, on the
+    requests' own clock), the offset at which it returned."""
     import aiohttp
 
-    lat: list[float] = []
-    errors: list[int] = []
-    conn = aiohttp.TCPConnector(limit=256, force_close=False)
-    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as s:
-        for b in bodies[:20]:  # warm connections (not counted)
+    out: list[tuple[float, float, int, bool]] = []
+    done: dict[float, float] = {}
+    conn = aiohttp.TCPConnector(limit=2048)
+    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+        for b in bodies[:20]:
             async with s.post(url, data=b) as r:
                 await r.read()
         t0 = time.perf_counter() + 0.05
@@ -37,16 +44,33 @@ async def _open(url: str, bodies: list[bytes], rate: float) -> dict[str, Any]:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            async with s.post(url, data=body) as r:
-                await r.read()
-                if r.status != 200:
-                    errors.append(r.status)
-            lat.append(time.perf_counter() - due)
+            try:
+                async with s.post(url, data=body) as r:
+                    answer = await r.json(content_type=None) if r.status == 200 else {}
+                    status = r.status
+            except (TimeoutError, aiohttp.ClientError):
+                answer, status = {}, 599
+            flag = answer.get("degraded") or answer.get("parameters", {}).get("degraded") or False
+            out.append((due - t0, time.perf_counter() - due, status,
+                        bool(any(flag) if isinstance(flag, list) else flag)))
 
-        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
-        wall = time.perf_counter() - t0
-    return {"n": len(lat), "errors": len(errors), "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99),
-            "achieved_rps": len(lat) / wall}
+        async def fault(offset: float, fn: Callable[[], None]) -> None:
+            await asyncio.sleep(max(0.0, t0 + offset - time.perf_counter()))
+            await asyncio.get_running_loop().run_in_executor(None, fn)
+            done[offset] = time.perf_counter() - t0
+
+        await asyncio.gather(*(fault(o, f) for o, f in (at or {}).items()),
+                             *(one(i, b) for i, b in enumerate(bodies)))
+    return out, [done[o] for o in sorted(done)]
+
+
+async def _open(url: str, bodies: list[bytes], rate: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    got, _ = await open_records(url, bodies, rate)
+    lat = [x[1] for x in got]
+    wall = max((x[0] + x[1] for x in got), default=0.0) or (time.perf_counter() - t0)
+    return {"n": len(lat), "errors": sum(1 for x in got if x[2] != 200), "p50_ms": 1000 * _pct(lat, 0.5),
+            "p99_ms": 1000 * _pct(lat, 0.99), "achieved_rps": len(lat) / wall}
 
 
 async def _closed(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:

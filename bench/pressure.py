@@ -25,57 +25,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.common import Profile, Row, client_cpus, in_child, median, say
-from bench.loadgen import _pct, closed_loop
+from bench.loadgen import _pct, closed_loop, open_records
 
 P99_BUDGET_MS = 25.0
 CHAIN = "Feast server + KServe chain"
 
 
-async def _open(url: str, bodies: list[bytes], rate: float, timeout_s: float = 10.0,
-                at: dict[float, Callable[[], None]] | None = None
-                ) -> tuple[list[tuple[float, float, int, bool]], list[float]]:
-    """Open loop: (due offset s, latency s, status, degraded) per request, a timed-out or refused request
-    being status 599; and, for each of ``at``'s callbacks (a fault injected at an offset, on the
-    requests' own clock), the offset at which it returned."""
-    import aiohttp
-
-    out: list[tuple[float, float, int, bool]] = []
-    done: dict[float, float] = {}
-    conn = aiohttp.TCPConnector(limit=2048)
-    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"},
-                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-        for b in bodies[:20]:
-            async with s.post(url, data=b) as r:
-                await r.read()
-        t0 = time.perf_counter() + 0.05
-
-        async def one(i: int, body: bytes) -> None:
-            due = t0 + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                async with s.post(url, data=body) as r:
-                    answer = await r.json(content_type=None) if r.status == 200 else {}
-                    status = r.status
-            except (TimeoutError, aiohttp.ClientError):
-                answer, status = {}, 599
-            flag = answer.get("degraded") or answer.get("parameters", {}).get("degraded") or False
-            out.append((due - t0, time.perf_counter() - due, status,
-                        bool(any(flag) if isinstance(flag, list) else flag)))
-
-        async def fault(offset: float, fn: Callable[[], None]) -> None:
-            await asyncio.sleep(max(0.0, t0 + offset - time.perf_counter()))
-            await asyncio.get_running_loop().run_in_executor(None, fn)
-            done[offset] = time.perf_counter() - t0
-
-        await asyncio.gather(*(fault(o, f) for o, f in (at or {}).items()),
-                             *(one(i, b) for i, b in enumerate(bodies)))
-    return out, [done[o] for o in sorted(done)]
-
-
 def _open_main(url: str, bodies: list[bytes], rate: float) -> list[tuple[float, float, int, bool]]:
-    return asyncio.run(_open(url, bodies, rate))[0]
+    return asyncio.run(open_records(url, bodies, rate))[0]
 
 
 def open_run(url: str, bodies: list[bytes], rate: float) -> list[tuple[float, float, int, bool]]:
@@ -150,8 +107,8 @@ def _kill_main(url: str, bodies: list[bytes], settings: Any) -> tuple[list[Any],
     def restart() -> None:
         Stack(settings).up(["redis"])  # returns once Redis answers PING, with its dump loaded
 
-    got, (killed, back) = asyncio.run(_open(url, bodies, RATE, at={BEFORE_S: lambda: os.kill(pid, signal.SIGKILL),
-                                                                   BEFORE_S + DOWN_S: restart}))
+    faults = {BEFORE_S: lambda: os.kill(pid, signal.SIGKILL), BEFORE_S + DOWN_S: restart}
+    got, (killed, back) = asyncio.run(open_records(url, bodies, RATE, at=faults))
     return got, (killed, back)
 
 
