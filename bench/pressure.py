@@ -89,7 +89,7 @@ def overload(profile: Profile, w: dict[str, Any]) -> list[Row]:
                         met if keel else None,
                         f"ratio: vs its capacity {cap:.0f} req/s; accepted p99 {p99:.1f} ms (calm {calm99:.1f} ms); "
                         f"503s {median([x['shed'] for x in runs]):.0f} of {median([x['n'] for x in runs]):.0f}; "
-                        f"other non-200 (incl. client timeouts at 10 s): {other}"))
+                        f"other non-200 (incl. client timeouts at 30 s): {other}"))
     return rows
 
 
