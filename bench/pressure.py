@@ -105,7 +105,11 @@ def _kill_main(url: str, bodies: list[bytes], settings: Any) -> tuple[list[Any],
     pid = int(redis.Redis(port=settings.redis_port).info("server")["process_id"])
 
     def restart() -> None:
-        Stack(settings).up(["redis"])  # returns once Redis answers PING, with its dump loaded
+        # the killed Redis is a zombie of the bench's own process, which only it can reap: the stack sees
+        # a zombie as stopped, and drops its record before starting Redis again from its dump
+        stack = Stack(settings)
+        stack.down(["redis"])
+        stack.up(["redis"])  # returns once Redis answers PING, with its dump loaded
 
     faults = {BEFORE_S: lambda: os.kill(pid, signal.SIGKILL), BEFORE_S + DOWN_S: restart}
     got, (killed, back) = asyncio.run(open_records(url, bodies, RATE, at=faults))
