@@ -63,7 +63,10 @@ def score(settings: Settings, model: str, version: str, rows: pd.DataFrame, chun
     scored = data.map_batches(_Scorer, fn_constructor_kwargs={"env": settings.as_env(), "model": model,
                                                               "version": version, "chunk_rows": chunk_rows},
                               batch_size=chunk_rows, batch_format="pandas", num_cpus=1,
-                              compute=ray.data.ActorPoolStrategy(size=max(1, min(actors or cpus, blocks, cpus)))
+                              # one block at a time per actor: every actor gets the next block as it finishes,
+                              # so a slow node still takes its share and no actor queues four blocks ahead
+                              compute=ray.data.ActorPoolStrategy(size=max(1, min(actors or cpus, blocks, cpus)),
+                                                                 max_tasks_in_flight_per_actor=1)
                               ).to_pandas()
     scored = scored.sort_values(ROW, kind="mergesort")
     if len(scored) != n:
