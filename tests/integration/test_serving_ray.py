@@ -106,6 +106,12 @@ def test_every_listener_of_the_ray_runtime_is_on_loopback(ray_url: str, stack_se
     outside = [x for x in off_loopback(pgids) if not any(k in x[1] for k in RAY_INTERNAL) and x[0] not in ray_driver]
     assert not outside, outside
     assert all(p != port for *_, p in off_loopback(pgids))
+    from keel.serving.ray_ingress import haproxy_binary
+
+    if haproxy_binary() is not None:  # direct ingress: HAProxy answers the port, and none of its listeners is wide
+        assert any(p == port and "haproxy" in cmd for _, cmd, _, p in found), found
+        haproxy = [(addr, p) for _, cmd, addr, p in found if "haproxy" in cmd]
+        assert len(haproxy) >= 3 and all(addr == "127.0.0.1" for addr, _ in haproxy), haproxy
 
 
 def test_graceful_stop_flushes_the_prediction_log(ray_url: str, deployer, stack_settings: Settings) -> None:

@@ -2,7 +2,8 @@
 autoscaling and fractional GPUs. Same V1 request/response as the KServe runtime.
 
 Ray's value here is batching, GPU packing and autoscaling, not single-request latency (its proxy hop
-costs milliseconds): requests that arrive within ``batch_wait_s`` of each other share one model call.
+costs milliseconds): the requests that queue while a replica's batch slots are busy share one feature
+lookup and one model call (and, with ``batch_wait_s`` > 0, those that arrive that long after the first).
 
 Run locally: ``python -m keel.serving.ray_runtime --spec '<ServeSpec JSON>'``: a Ray instance of its own,
 or, when the spec has a route prefix, an application of the shared Ray cluster's one Serve instance (its
@@ -26,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from keel.serving import ray_ingress
 from keel.serving.spec import ServeSpec
 
 log = logging.getLogger("keel.serving")
@@ -56,7 +58,7 @@ class KeelDeployment:
         # the batches' own threads (asyncio's default pool has cpu_count + 4: fewer than the batch slots)
         self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_BATCHES, thread_name_prefix="keel-batch")
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=CONCURRENT_BATCHES)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_BATCHES)
     async def predict_batch(self, requests: list[Any]) -> list[Any]:
         # off the replica's event loop: a lookup waiting on a hung store must not hold the other batches
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.router.predict_many, requests)
@@ -206,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                   "KEEL_RAY_WORKERS or KEEL_RAY_ADDRESS, or deploy it again", spec.model, spec.route_prefix)
         return 2
     stop = threading.Event()
+    ingress = None
     if shared:  # a driver on the cluster: the replicas run on its worker nodes, not in this process tree
         ray.init(address=settings.ray_cluster, configure_logging=False, log_to_driver=False)
     else:
+        ingress = ray_ingress.ingress_env(host)  # before ray.init: Serve's actors read it as they start
+        if ingress is not None:
+            os.environ.update(ingress[0])
         ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address=host,
                  configure_logging=False, log_to_driver=False)
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
@@ -227,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             serve.shutdown()
     finally:
         ray.shutdown()
+        if ingress is not None:
+            ray_ingress.stop_haproxy(ingress[1])
     return 0
 
 
