@@ -153,7 +153,7 @@ def keel_serving(w: dict[str, Any], runtime: str, batch: bool = True, cache: boo
 
     s = w["settings"]
     spec = ServeSpec(model=MODEL, runtime=runtime, port=free_port(), sample_rate=0.0,
-                     batch_max_size=32 if batch else 1, batch_wait_s=0.005 if batch else 0.0,
+                     batch_max_size=32 if batch else 1, batch_wait_s=0.0,
                      **({} if cache else {"cache_ttl_s": 0.0}))
     target = LocalTarget(s)
     target.deploy(spec)

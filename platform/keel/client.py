@@ -131,9 +131,15 @@ class Client:
         settings: dict[str, Any] = ({"max_batch": serving.max_batch, "cache_ttl_s": serving.cache_ttl_s,
                                      "cache_size": serving.cache_size, "cache_stale_s": serving.cache_stale_s,
                                      "sample_rate": serving.sample_rate, "max_inflight": serving.max_inflight,
-                                     "priorities": serving.priorities or None, "fallback": serving.fallback}
+                                     "priorities": serving.priorities or None, "fallback": serving.fallback,
+                                     "batch_max_size": serving.batch_size,
+                                     "batch_wait_s": serving.batch_wait_ms / 1000.0}
                                     if serving else {})
-        settings.update({k: v for k, v in options.items() if v is not None})  # what the caller says wins
+        given = {k: v for k, v in options.items() if v is not None}
+        if runtime != "ray" and {"batch_max_size", "batch_wait_s"} & given.keys():
+            raise KeelError(f"--batch-size and --batch-wait-ms apply to the Ray runtime; {model} is served on "
+                            f"{runtime} (--runtime ray, or serving.runtime: ray in keel.yaml)")
+        settings.update(given)  # what the caller says wins
         return target.deploy(ServeSpec(model=model, alias=alias, version=version, port=chosen,
                                        feature_service=feature_service, runtime=runtime, **settings))
 

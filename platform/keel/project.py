@@ -64,6 +64,10 @@ class ServingSpec(_Strict):
     gpus: float = Field(0.0, ge=0.0)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
+    # Ray runtime batching: requests one model call takes at most, and how long a batch waits for more once
+    # its first request is there (0: only what queued while the batch slots were busy; no wait at low load)
+    batch_size: int = Field(32, ge=1, le=1024)
+    batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
     # load shedding (keel.serving.shed): prediction requests one replica holds at once, 503 past it
     max_inflight: int = Field(32, ge=1, le=100_000)
     # priority class (the X-Keel-Priority header's value) -> the share of max_inflight it may fill

@@ -156,11 +156,20 @@ KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
 {{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- end }}
 {{- with $m.maxInflight }}{{- $_ := set $spec "max_inflight" (int .) }}{{- end }}
 {{- with $m.featureCache }}{{- if hasKey . "ttlSeconds" }}{{- $_ := set $spec "cache_ttl_s" (float64 .ttlSeconds) }}{{- end }}{{- with .entities }}{{- $_ := set $spec "cache_size" (int .) }}{{- end }}{{- if hasKey . "staleSeconds" }}{{- $_ := set $spec "cache_stale_s" (float64 .staleSeconds) }}{{- end }}{{- end }}
+{{- with $m.batching }}{{- with .maxSize }}{{- $_ := set $spec "batch_max_size" (int .) }}{{- end }}{{- if hasKey . "waitMs" }}{{- $_ := set $spec "batch_wait_s" (divf .waitMs 1000) }}{{- end }}{{- end }}
 {{- with $m.fallback }}{{- $_ := set $spec "fallback" (toString .) }}{{- end }}
 {{- with $m.priorities }}{{- $_ := set $spec "priorities" . }}{{- end }}
 {{- if and $m.gpu $m.gpu.enabled }}{{- $_ := set $spec "gpu" true }}{{- end }}
 {{- if gt (float64 ($m.numGpus | default 0)) 0.0 }}{{- $_ := set $spec "gpu" true }}{{- $_ := set $spec "num_gpus" $m.numGpus }}{{- end }}
 {{- toJson $spec }}
+{{- end -}}
+{{/* A Ray model's ingress: Ray Serve's throughput-optimized mode (HAProxy on each pod's port 8000 in
+     front of the replicas' own HTTP servers, Ray 2.56+), unless the model asks for Ray's Python proxy. */}}
+{{- define "keel.rayIngressEnv" -}}
+{{- if ne (.rayIngress | default "haproxy") "proxy" }}
+- {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
+- {name: RAY_SERVE_ENABLE_HA_PROXY, value: "1"}
+{{- end }}
 {{- end -}}
 {{- define "keel.predlogMount" -}}
 {{- if not .Values.predictionLog.uri }}

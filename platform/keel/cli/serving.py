@@ -36,6 +36,11 @@ from keel.output import render
 @click.option("--cache-size", type=click.IntRange(min=1), default=None,
               help="entities the feature cache holds at most, least recently used out first (default: the spec's, "
                    "else 10000)")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
+              help="Ray runtime: requests one model call takes at most (default: the spec's, else 32)")
+@click.option("--batch-wait-ms", type=click.FloatRange(0.0, 1000.0), default=None,
+              help="Ray runtime: how long a batch waits for more requests once its first is there; 0 takes only "
+                   "what queued while the replica was busy (default: the spec's, else 0)")
 @click.option("--fallback", default=None,
               help="an alias or version number of MODEL that scores the rows whose features had to be defaulted "
                    "(online store down, features missing); default: the spec's, else none (training medians)")
@@ -50,7 +55,8 @@ from keel.output import render
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str | None,
            feature_service: str | None, port: int | None, canary: str | None, shadow: str | None, gpu: bool,
            num_gpus: float, sample_rate: float | None, max_batch: int | None, max_inflight: int | None,
-           cache_ttl: float | None, cache_size: int | None, fallback: str | None, min_replicas: int, max_replicas: int,
+           cache_ttl: float | None, cache_size: int | None, batch_size: int | None, batch_wait_ms: float | None,
+           fallback: str | None, min_replicas: int, max_replicas: int,
            values_files: tuple[Path, ...], priority_class: str | None, dry_run: bool, no_wait: bool) -> None:
     """Serve MODEL (its ALIAS's version, pinned now) with feature lookup and graceful degradation.
 
@@ -87,7 +93,8 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
                            canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
                            gpu=gpu or num_gpus > 0, num_gpus=num_gpus, sample_rate=sample_rate, max_batch=max_batch,
                            max_inflight=max_inflight, cache_ttl_s=cache_ttl, cache_size=cache_size,
-                           fallback=fallback)
+                           batch_max_size=batch_size,
+                           batch_wait_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0, fallback=fallback)
     extra = f", canary {canary_alias} {weight:.0%}" if canary_alias else f", shadow {shadow}" if shadow else ""
     click.echo(f"serving {out.model} v{out.version} ({out.runtime}{extra}) at {out.url}/v1/models/{out.model}:predict")
 

@@ -32,8 +32,11 @@ class ServeSpec:
     cache_ttl_s: float = 1.0
     cache_size: int = 10_000
     cache_stale_s: float = 300.0
+    # Ray runtime batching: a model call takes up to batch_max_size requests, waiting at most batch_wait_s
+    # for more once the first is there. 0 (natural batching): a batch is what queued while the replica's
+    # batch slots were busy, so one client pays no wait and a burst still shares calls
     batch_max_size: int = 32
-    batch_wait_s: float = 0.005
+    batch_wait_s: float = 0.0
     min_replicas: int = 1
     max_replicas: int = 1
     feature_service: str | None = None  # look a non-keel model's inputs up from this service
