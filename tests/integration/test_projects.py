@@ -187,6 +187,11 @@ def test_a_model_registered_without_keel_serves_raw_features_on_both_runtimes(st
         assert "signature names no inputs" in refused.stderr and "--feature-service" in refused.stderr
         assert took < 5.0, f"refusal took {took:.1f}s"
     assert "serve-plain_nosig" not in run_keel(["status"], s).stdout
+    wrong = run_keel(["deploy", "plain_lr", "--version", "1", "--runtime", "kserve", "--batch-wait-ms", "2"], s)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert "--batch-wait-ms" in wrong.stderr and "Ray runtime" in wrong.stderr and "kserve" in wrong.stderr
+    too_long = run_keel(["deploy", "plain_lr", "--version", "1", "--runtime", "ray", "--batch-wait-ms", "5000"], s)
+    assert too_long.returncode == 2 and "5000" in too_long.stderr, too_long.stderr
 
     expected = clf.predict_proba(X.head(3))[:, 1]
     instances = X.head(3).to_dict("records")
