@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PROFILES, Row, machine, say  # noqa: E402
 
-SCENARIOS = ("online", "saturation", "hang", "redis_down", "overload", "coldstart", "oversize", "batch", "cache",
-             "materialize", "pit", "pit_ray", "rediscluster", "drift")
+SCENARIOS = ("online", "saturation", "rayfloor", "hang", "redis_down", "overload", "coldstart", "oversize", "batch",
+             "cache", "materialize", "pit", "pit_ray", "rediscluster", "drift")
 
 
 def _fmt(v: float) -> str:
@@ -88,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{name} FAILED: {type(exc).__name__}: {exc}")
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
 
-    if "online" in only or "saturation" in only:
-        from bench import online
+    if {"online", "saturation", "rayfloor"} & set(only):
+        from bench import online, rayfloor
 
         def serving() -> list[Row]:
             with online.world(profile, t / "online") as w:
                 rows, bad = online.serving(profile, w, {"online", "saturation"} & set(only))
+                if "rayfloor" in only:
+                    rows += rayfloor.run(profile, w)
             failed.extend(bad)
             return rows
 
