@@ -76,12 +76,21 @@ def overload(profile: Profile, w: dict[str, Any]) -> list[Row]:
                 runs.append({"goodput": len(ok) / seconds, "p99_ms": 1000 * _pct([x[1] for x in ok], 0.99),
                              "calm_p99_ms": 1000 * _pct([x[1] for x in calm if x[2] == 200], 0.99),
                              "shed": sum(1 for x in hot if x[2] == 503),
+                             "shed_p50_ms": 1000 * _pct([x[1] for x in hot if x[2] == 503], 0.5),
                              "other": sum(1 for x in hot if x[2] not in (200, 503)), "n": len(hot)})
         good = median([x["goodput"] for x in runs])
         p99, calm99 = median([x["p99_ms"] for x in runs]), median([x["calm_p99_ms"] for x in runs])
         other = sum(x["other"] for x in runs)
         keel = name.startswith("keel")
         met = good >= 0.9 * cap and p99 <= 2 * calm99 and other == 0
+        shed50 = median([x["shed_p50_ms"] for x in runs if x["shed"]] or [float("nan")])
+        where = ""
+        if keel and not met:  # where the time goes
+            rate = median([x["shed"] for x in runs]) / seconds
+            queue = ("so requests wait in the socket backlog and the event loop before the in-flight bound sees them"
+                     if shed50 > 2 * calm99 else "so the 503s are immediate and the accepted requests wait in flight")
+            where = (f"; the 503s took p50 {shed50:.1f} ms, {queue}; each 503 ({rate:.0f}/s) is parsed and answered "
+                     "on the same server core, which leaves less of it for the accepted ones")
         rows.append(Row("overload at 2x capacity", f"1 entity/request, {seconds:.0f} s at 2x each system's "
                         "capacity, open loop", name, "goodput", good, "req/s", [x["goodput"] for x in runs],
                         None, good / cap if cap else None,
@@ -89,7 +98,7 @@ def overload(profile: Profile, w: dict[str, Any]) -> list[Row]:
                         met if keel else None,
                         f"ratio: vs its capacity {cap:.0f} req/s; accepted p99 {p99:.1f} ms (calm {calm99:.1f} ms); "
                         f"503s {median([x['shed'] for x in runs]):.0f} of {median([x['n'] for x in runs]):.0f}; "
-                        f"other non-200 (incl. client timeouts at 30 s): {other}"))
+                        f"other non-200 (incl. client timeouts at 30 s): {other}{where}"))
     return rows
 
 

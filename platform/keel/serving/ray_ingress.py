@@ -18,8 +18,10 @@ wrapper as its HAProxy binary (``RAY_SERVE_HAPROXY_BINARY_PATH``, Ray's document
 starts the real one on a copy of the config whose wildcard binds name the host. On a cluster (the chart)
 no wrapper is used: there the pod's interfaces are the ones to listen on.
 
-Ray stops HAProxy with its proxy manager, but a manager killed outright leaves it behind (reparented to
-init), so :func:`stop_haproxy` sweeps what is left of this deployment's.
+Ray stops HAProxy with its proxy manager, but a manager killed outright (a supervisor's SIGKILL after its
+grace period) left it behind, reparented to init and still listening: the wrapper therefore asks the
+kernel to kill HAProxy when its parent dies (``setpriv --pdeathsig``), and :func:`stop_haproxy` sweeps
+what is left of this deployment's on a clean stop.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def haproxy_binary() -> str | None:
 
 
 # The wrapper: the config Ray passes after -f is copied with every wildcard bind ("bind *:P", "bind :P")
-# made "bind HOST:P", and the real binary replaces the shell (same pid, so Ray's reloads with -sf work).
+# made "bind HOST:P", and the real binary replaces the shell (same pid, so Ray's reloads with -sf work),
+# set to be killed when its parent dies (util-linux's setpriv, where there is one).
 _WRAPPER = r"""#!/bin/sh
 set -eu
 first=1
@@ -63,6 +66,8 @@ for a in "$@"; do
   fi
   set -- "$@" "$a"
 done
+# HAProxy dies with the process that started it (Ray's proxy actor), even one killed outright
+if command -v setpriv >/dev/null 2>&1; then exec setpriv --pdeathsig KILL -- @BINARY@ "$@"; fi
 exec @BINARY@ "$@"
 """
 
