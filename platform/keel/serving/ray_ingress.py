@@ -31,6 +31,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -110,10 +111,10 @@ def ingress_env(host: str) -> tuple[dict[str, str], Path] | None:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port(host)),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port(host)),
-        # one thread per core it may use, not Ray's fixed 4
         # a replica stopping waits this long for HAProxy to stop sending it requests; Ray's 30 s (made for
         # a cluster's load balancers) would hold every local redeploy and undeploy
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        # one thread per core it may use (at most Ray's 4)
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, len(os.sched_getaffinity(0))))),
     }
     return env, run
@@ -122,8 +123,6 @@ def ingress_env(host: str) -> tuple[dict[str, str], Path] | None:
 def stop_haproxy(run: Path) -> int:
     """Stop any HAProxy still running on this deployment's config, and remove its directory; how many
     were stopped."""
-    import signal
-
     stopped = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
