@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     snapshot_uri: str | None = Field(
         None, description="where training-set snapshots go: a directory or an fsspec URI shared by every "
         "pod (a ReadWriteMany volume, s3://...); default: KEEL_HOME/training_sets")
+    outcomes_uri: str | None = Field(
+        None, description="where outcomes sent with `keel feedback` are stored, as parquet partitions: a "
+        "directory or an fsspec URI (the artifact store on a cluster); default: KEEL_HOME/outcomes")
+    predictions_uri: str | None = Field(
+        None, description="the prediction log the controller resolves outcomes against and the performance job "
+        "reads (a directory or an fsspec URI); default: KEEL_HOME/predictions")
     serving_endpoint: str | None = Field(
         None, description="base URL of a model's server for cluster smoke checks, '{name}' and '{namespace}' "
         "filled in; default: the in-cluster Service KServe or KubeRay creates")
@@ -317,6 +323,14 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def outcomes_location(self) -> str:
+        return self.outcomes_uri or str(self.home / "outcomes")
+
+    @property
+    def predictions_location(self) -> str:
+        return self.predictions_uri or str(self.home / "predictions")
 
     @property
     def audit_log(self) -> Path:

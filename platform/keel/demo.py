@@ -37,7 +37,7 @@ def _drift_loop(settings: Settings, model: str, ts: object, drift_spec: dict[str
 
     _, holdout = time_split(ts.frame)  # type: ignore[attr-defined]
     rows = holdout.sample(n=min(600, len(holdout)), random_state=0)
-    logged = str(settings.home / "predictions")
+    logged = settings.predictions_location
     before = len(read(logged, model))
     step(f"replaying {len(rows)} holdout events as live traffic, drift injected on "
          + ", ".join(f"{k} x{v:g}" for k, v in drift_spec.items()))

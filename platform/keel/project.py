@@ -46,8 +46,15 @@ class GateSpec(_Strict):
 
 
 class RolloutSpec(_Strict):
+    """``canary_percent`` of the traffic goes to the new version. With ``sticky`` the split is by a hash
+    of the request's entity key (``sticky_key``, default the first entity key of the feature service):
+    the same entity always meets the same variant, which is what makes an A/B comparison on outcomes
+    mean something. Unsticky, each request is a coin flip."""
+
     canary_percent: float = Field(10.0, ge=0.0, le=100.0)
     smoke_requests: int = Field(20, ge=1, le=1000)
+    sticky: bool = True
+    sticky_key: str | None = Field(None, min_length=1)
 
 
 class ServingSpec(_Strict):
@@ -126,6 +133,32 @@ class DriftSpec(_Strict):
     schedule: str | None = None
 
 
+class PerformanceSpec(_Strict):
+    """The performance job: real outcomes (``keel feedback``) joined to the prediction log.
+
+    ``window``: how far back predictions are scored; ``min_labels``: below this many labelled rows the
+    metrics are pushed but no decay verdict is; ``decay_tolerance``: how far the live gate metric may fall
+    behind the version's holdout baseline (absolute, direction-aware) before KeelModelPerformanceDecay;
+    ``threshold``: the serving threshold for precision/recall of a binary model; ``match_tolerance_s``:
+    an outcome given by entity key and event time belongs to that entity's prediction nearest in time,
+    at most this far apart."""
+
+    window: str = "7d"
+    schedule: str | None = None
+    min_labels: int = Field(100, ge=1)
+    decay_tolerance: float = Field(0.05, ge=0.0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    match_tolerance_s: float = Field(300.0, gt=0.0, le=30 * 86_400.0)
+
+
+class CardSpec(_Strict):
+    """What a model card says beyond what the registry knows: the intended use, in the team's words,
+    and a column of the holdout to break its metrics down by (``slice``)."""
+
+    intended_use: str | None = None
+    slice: str | None = Field(None, min_length=1)
+
+
 class BatchScoreSpec(_Strict):
     """A scheduled batch-scoring job (DAG ``keel_batch_score__<model>``): ``entities`` scored with
     ``alias``, written to ``out``, where ``{date}`` is the run's logical date (YYYY-MM-DD)."""
@@ -161,6 +194,8 @@ class ModelSpec(_Strict):
     serving: ServingSpec = ServingSpec()
     training: TrainingSpec = TrainingSpec()
     drift: DriftSpec = DriftSpec()
+    performance: PerformanceSpec = PerformanceSpec()
+    card: CardSpec = CardSpec()
     retrain_schedule: str | None = None
     batch_score: BatchScoreSpec | None = None
 

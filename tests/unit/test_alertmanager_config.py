@@ -40,6 +40,7 @@ def test_config_passes_amtool(config: Path) -> None:
 
 @pytest.mark.parametrize(("labels", "receivers"), [
     (["alertname=KeelDatasetDrift", "category=drift", "model=fraud"], "keel-controller,default"),
+    (["alertname=KeelModelPerformanceDecay", "category=performance", "model=fraud"], "keel-controller,default"),
     (["alertname=KeelLatencyP99High", "category=serving", "model=fraud"], "default"),
 ])
 def test_drift_alerts_reach_the_controller_and_the_rest_go_to_people(config: Path, labels: list[str],

@@ -230,6 +230,17 @@ QUIET_STACK = {
     "keel_materialization_duration_seconds": "12x40",
     'keel_materialization_rows{feature_view="customer_stats"}': "1000x40",
     "keel_controller_triggers_pending": "0x40",
+    # the performance job ran on a version with enough outcomes (no feedback counter yet: it reads 0)
+    'keel_model_performance{model="churn", version="3", metric="roc_auc"}': "0.81x40",
+    'keel_model_performance_baseline{model="churn", version="3", metric="roc_auc"}': "0.83x40",
+    'keel_model_performance_decay{model="churn", version="3", metric="roc_auc"}': "0.02x40",
+    'keel_model_performance_decay_threshold{model="churn", version="3", metric="roc_auc"}': "0.05x40",
+    'keel_model_label_coverage_ratio{model="churn", version="3"}': "0.4x40",
+    'keel_model_labelled_rows{model="churn", version="3"}': "400x40",
+    'keel_model_served_rows{model="churn", version="3"}': "1000x40",
+    'keel_model_label_delay_seconds{model="churn", version="3", quantile="0.5"}': "3600x40",
+    'keel_performance_job_last_success_timestamp_seconds{model="churn"}': "300x40",
+    'keel_performance_job_interval_seconds{model="churn"}': "900x40",
 }
 
 

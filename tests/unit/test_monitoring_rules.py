@@ -24,8 +24,9 @@ RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
 TEST_FILES = sorted((MONITORING / "tests").glob("*.yml"))
 RUNBOOK_PREFIX = "https://github.com/keel-ml/keel/blob/main/monitoring/RUNBOOK.md#"
 SEVERITIES = {"page", "ticket", "info"}
-CATEGORIES = {"drift", "serving", "features", "retraining"}
+CATEGORIES = {"drift", "performance", "serving", "features", "retraining"}
 DRIFT_ALERTS = {"KeelDatasetDrift", "KeelDriftJobStale"}
+PERFORMANCE_ALERTS = {"KeelModelPerformanceDecay", "KeelPerformanceJobStale"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
                    "offset", "bool", "inf", "nan", "atan2"}
@@ -138,6 +139,8 @@ def test_every_alert_has_labels_and_annotations() -> None:
         assert _duration_s(rule["for"]) > 0, f"{name}: needs a for: duration"
         if name in DRIFT_ALERTS:
             assert labels["category"] == "drift", f"{name}: Alertmanager routes drift alerts by category=drift"
+        if name in PERFORMANCE_ALERTS:
+            assert labels["category"] == "performance", f"{name}: routed to the controller by category=performance"
 
 
 def test_runbook_anchors_match_headings() -> None:

@@ -50,3 +50,88 @@ def drift_run(ctx: click.Context, model: str, window: str | None, predictions: s
     click.echo(f"{r.model} v{r.version}: {len(r.drifted)}/{len(r.features)} features drifted "
                f"(share {r.drift_share:.0%}); {r.current_rows} of {r.rows_in_window} logged rows vs "
                f"{r.reference_rows} reference rows; {r.rows_degraded} degraded rows left out; mlflow run {r.run_id}")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--label-column", default=None, help="the file's label column; default: 'label', else the spec's label")
+@click.option("--request-id", default=None, help="one outcome by the answer's request_id (instead of FILE)")
+@click.option("--row", default=0, show_default=True, type=click.IntRange(min=0), help="with --request-id")
+@click.option("--label", "label", default=None, help="with --request-id: the outcome (0/1, a number or a class)")
+@click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.pass_context
+def feedback(ctx: click.Context, model: str, file: str | None, label_column: str | None, request_id: str | None,
+             row: int, label: str | None, fmt: str) -> None:
+    """Send MODEL's real outcomes (delayed labels) to the controller.
+
+    FILE (.csv, .parquet, .json, .jsonl) has a label column and, per row, either request_id (+ row, the
+    row's index within its request) or the entity key(s) + event_timestamp of the prediction. The same
+    outcome twice counts once; a bad row refuses its batch, named by its index."""
+    import json as _json
+
+    from keel.client import Client
+    from keel.errors import KeelError
+    from keel.monitoring import feedback as fb
+
+    s = settings_of(ctx)
+    if (file is None) == (request_id is None):
+        raise KeelError("give FILE or --request-id with --label (one of them)")
+    if request_id is not None:
+        if label is None:
+            raise KeelError("--request-id needs --label")
+        try:
+            value = _json.loads(label)
+        except _json.JSONDecodeError:
+            value = label
+        rows = [{"request_id": request_id, "row": row, "label": value}]
+    else:
+        rows = fb.load_rows(file, label_column)
+        spec = Client(s).spec_of(model) if label_column is None and rows and "label" not in rows[0] else None
+        if spec is not None and spec.label in rows[0]:  # the spec's own label column name
+            rows = [{("label" if k == spec.label else k): v for k, v in r.items()} for r in rows]
+    out = fb.send(s, model, rows)
+    if fmt != "table":
+        click.echo(render(out, fmt))
+        return
+    click.echo(f"{model}: {out['rows']} outcomes, {out['accepted']} stored, {out['duplicates']} duplicates, "
+               f"{out['corrected']} corrections")
+
+
+@cli.group()
+def performance() -> None:
+    """Performance jobs: served predictions joined to their real outcomes."""
+
+
+@performance.command("run")
+@click.argument("model")
+@click.option("--window", default=None, help="prediction-log window, e.g. 1h, 7d; default: the spec's, else 7d")
+@click.option("--predictions", default=None, help="prediction-log URI; default: KEEL_PREDICTIONS_URI")
+@click.option("--outcomes", default=None, help="outcome store URI; default: KEEL_OUTCOMES_URI")
+@click.option("--interval", default=None, help="the job's schedule (for staleness alerts); default: --window")
+@click.option("--no-push", is_flag=True, help="do not push gauges to the Pushgateway")
+@click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.pass_context
+def performance_run(ctx: click.Context, model: str, window: str | None, predictions: str | None,
+                    outcomes: str | None, interval: str | None, no_push: bool, fmt: str) -> None:
+    """Measure MODEL's served versions on their outcomes; push gauges and log a run to MLflow."""
+    from dataclasses import asdict
+
+    from keel.monitoring import performance as perf
+    from keel.output import progress_printer
+
+    r = perf.run(settings_of(ctx), model, window, predictions, outcomes, interval, push=not no_push,
+                 progress=progress_printer())
+    if fmt != "table":
+        click.echo(render(asdict(r), fmt))
+        return
+    rows = [{"version": v.version, "metric": k, "live": round(x, 4),
+             "baseline": round(v.baseline[k], 4) if k in v.baseline else "-",
+             "decay": round(v.decay, 4) if v.decay is not None and k == v.decay_metric else "-"}
+            for v in r.versions for k, x in v.metrics.items()]
+    click.echo(render(rows, "table") if rows else "no labelled rows yet")
+    for v in r.versions:
+        verdict = ("DECAY" if v.decay > r.decay_tolerance else "ok") if v.decay is not None else \
+            f"no verdict (fewer than {r.min_labels} labelled rows)"
+        click.echo(f"{r.model} v{v.version}: {v.labelled_rows}/{v.served_rows} served rows labelled "
+                   f"({v.label_coverage:.0%}); {verdict}")

@@ -35,7 +35,11 @@ def controller(ctx: click.Context, host: str | None, port: int | None) -> None:
 
         return Registry(s).model_names()
 
-    ctl = Controller(queue, airflow, s.audit(), known_models=known)
+    from keel.controller.feedback import Feedback, registry_facts
+    from keel.monitoring.outcomes import OutcomeStore
+
+    feedback = Feedback(OutcomeStore(s.outcomes_location, s.predictions_location), registry_facts(s))
+    ctl = Controller(queue, airflow, s.audit(), known_models=known, feedback=feedback)
     bind = host or s.listen_host
     server = serve(ctl, bind, port or s.controller_port, s.token())
     click.echo(f"keel controller on http://{bind}:{server.server_port} (Airflow {s.airflow_api})")

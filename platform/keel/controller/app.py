@@ -1,10 +1,12 @@
 """The controller's HTTP service and its worker.
 
-``POST /v1/alerts`` takes Alertmanager's webhook payload; firing ``KeelDatasetDrift`` alerts become
-retraining triggers (deduplicated per model, see ``queue``). ``POST /v1/retrain`` is the CLI's manual
-path into the same queue. Both need ``Authorization: Bearer <token>``; ``/healthz`` and ``/metrics`` do
-not. A worker thread submits due triggers to Airflow (backing off while it is down) and follows the
-runs to their end; every step is an audit record.
+``POST /v1/alerts`` takes Alertmanager's webhook payload; firing ``KeelDatasetDrift`` (drift) and
+``KeelModelPerformanceDecay`` (performance on real outcomes) alerts become retraining triggers whose
+reason starts with the alert's category (deduplicated per model, see ``queue``). ``POST /v1/retrain`` is
+the CLI's manual path into the same queue; ``POST /v1/feedback`` takes outcomes (``feedback``). All
+need ``Authorization: Bearer <token>``; ``/healthz`` and ``/metrics`` do not. A worker thread submits
+due triggers to Airflow (backing off while it is down) and follows the runs to their end; every step is
+an audit record.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ from keel.controller.queue import Trigger, TriggerQueue
 from keel.registry.audit import AuditRecord, AuditStore
 
 log = logging.getLogger("keel.controller")
-MAX_BODY = 1_000_000
-RETRAIN_ALERTS = ("KeelDatasetDrift",)  # KeelDriftJobStale is category drift too, but retraining won't fix it
+MAX_BODY = 4_000_000  # 10,000 outcomes of ~100 bytes fit; an alert batch is far smaller
+# KeelDriftJobStale is category drift too, but retraining won't fix it
+RETRAIN_ALERTS = ("KeelDatasetDrift", "KeelModelPerformanceDecay")
+
+
+class TooLarge(ValueError):
+    """A body past the bound: 413, read no further."""
 
 
 def dag_id(model: str) -> str:
@@ -35,8 +42,9 @@ def dag_id(model: str) -> str:
 
 class Controller:
     def __init__(self, queue: TriggerQueue, airflow: Airflow, audit: AuditStore, actor: str = "keel-controller",
-                 known_models: Any = None, max_refusals: int = 5) -> None:
+                 known_models: Any = None, max_refusals: int = 5, feedback: Any = None) -> None:
         self.queue, self.airflow, self.audit, self.actor = queue, airflow, audit, actor
+        self.feedback = feedback  # keel.controller.feedback.Feedback, or None: /v1/feedback answers 503
         self.known_models = known_models  # callable returning model names, or None to accept any
         self.max_refusals = max_refusals  # permanent Airflow refusals (4xx) before a trigger is given up
         self.metrics = CollectorRegistry()
@@ -50,6 +58,10 @@ class Controller:
                                   registry=self.metrics)
         self.rollbacks = Counter("keel_rollbacks_total", "Champion rollbacks after a failed smoke check", ["model"],
                                  registry=self.metrics)
+        self.outcomes = Counter("keel_feedback_outcomes_total", "Outcomes sent to /v1/feedback, by what came of "
+                                "them", ["model", "result"], registry=self.metrics)
+        self.feedback_refused = Counter("keel_feedback_requests_refused_total", "Feedback calls refused whole, "
+                                        "by HTTP code", ["code"], registry=self.metrics)
         Gauge("keel_controller_triggers_pending", "Triggers waiting for Airflow", registry=self.metrics
               ).set_function(self.queue.pending_count)
         self._stop = threading.Event()
@@ -98,7 +110,8 @@ class Controller:
                                 f"{', '.join(sorted(known)) or '(none)'}")
                 continue
             summary = (alert.get("annotations") or {}).get("summary", name)
-            trigger, new = self.request(model, f"{name}: {summary}", "alertmanager",
+            category = str((alert.get("labels") or {}).get("category") or "alert")
+            trigger, new = self.request(model, f"{category}: {name}: {summary}", "alertmanager",
                                         str(alert.get("fingerprint", "")), self.actor)
             out.append({"model": model, "trigger": trigger.id, "new": new, "state": trigger.state})
         return out, rejected
@@ -207,7 +220,11 @@ def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHand
                 raise ValueError(f"Content-Length: {raw!r} is not a byte count; expected a non-negative integer")
             n = int(raw)
             if n > MAX_BODY:
-                raise ValueError(f"body: {n} bytes is too large (at most {MAX_BODY})")
+                if n <= 16 * MAX_BODY:  # read it off the socket so the client gets the answer, not a reset
+                    left = n
+                    while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                        left -= len(chunk)
+                raise TooLarge(f"body: {n} bytes is too large (at most {MAX_BODY}; split the batch)")
             try:
                 return json.loads(self.rfile.read(n) or b"null")
             except json.JSONDecodeError as exc:
@@ -228,13 +245,16 @@ def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHand
 
         def do_POST(self) -> None:
             path = urlparse(self.path).path
-            if path not in ("/v1/alerts", "/v1/retrain"):
+            if path not in ("/v1/alerts", "/v1/retrain", "/v1/feedback"):
                 self._send(404, {"error": f"no route {path}"})
                 return
             if not self._authorized():
                 return
             try:
                 body = self._json()
+                if path == "/v1/feedback":
+                    self._feedback(body)
+                    return
                 if path == "/v1/alerts":
                     queued, rejected = controller.on_alerts(body)
                     if rejected and not queued:  # 4xx: Alertmanager does not retry it, and it says why
@@ -253,8 +273,35 @@ def make_handler(controller: Controller, token: str) -> type[BaseHTTPRequestHand
                                                   "cli", "", str(body.get("actor") or "unknown"))
                 self._send(202 if new else 200, {"trigger": trigger.id, "new": new, "state": trigger.state,
                                                  "run_id": trigger.run_id})
+            except TooLarge as exc:
+                controller.feedback_refused.labels("413").inc()
+                self.close_connection = True  # the unread body must not be taken for the next request
+                self._send(413, {"error": str(exc)})
             except ValueError as exc:
                 self._send(400, {"error": str(exc)})
+
+        def _feedback(self, body: Any) -> None:
+            from keel.errors import NotFoundError
+            from keel.monitoring.outcomes import FeedbackError
+
+            if controller.feedback is None:
+                self._send(503, {"error": "this controller takes no feedback (no outcome store configured)"})
+                return
+            try:
+                result = controller.feedback.accept(body)
+            except FeedbackError as exc:
+                controller.feedback_refused.labels(str(exc.status)).inc()
+                self._send(exc.status, {"error": str(exc), "problems": exc.problems[:100]})
+                return
+            except NotFoundError as exc:
+                controller.feedback_refused.labels("404").inc()
+                self._send(404, {"error": str(exc)})
+                return
+            for what, n in (("accepted", result.accepted), ("duplicate", result.duplicates),
+                            ("corrected", result.corrected)):
+                if n:
+                    controller.outcomes.labels(result.model, what).inc(n)
+            self._send(200, result.as_dict())
 
     return Handler
 

@@ -334,7 +334,9 @@ def retraining() -> Dashboard:
 
 def build_all() -> dict[str, Dashboard]:
     """Every dashboard keel ships, by file name."""
-    return {f"{d['uid']}.json": d for d in (overview(), model(), features(), retraining())}
+    from keel.monitoring.dashboard_performance import performance
+
+    return {f"{d['uid']}.json": d for d in (overview(), model(), features(), retraining(), performance())}
 
 
 def render(dash: Dashboard) -> str:

@@ -293,7 +293,7 @@ def run(settings: Settings, model: str, window: str = "1h", predictions: str | N
     if not features:
         raise KeelError(f"model '{model}' v{champion.version} records no features (tag keel.features); "
                         f"register it with `keel train` or Registry.register")
-    uri = predictions or str(settings.home / "predictions")
+    uri = predictions or settings.predictions_location
     say(f"reading the prediction log {start:%Y-%m-%d %H:%M} .. {end:%H:%M} UTC (sample of {sample_size:,} at most)")
     current, total, degraded, versions = read_window(uri, model, [*features, PREDICTION], start, end,
                                                      sample_size, seed)

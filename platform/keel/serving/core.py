@@ -362,9 +362,11 @@ class Predictor:
         ts = now()
         cols = {f: lookup.columns[f].tolist() for f in self.features}
         recs = []
+        seen: dict[str, int] = {}  # a row's index within its own request: outcomes name it (request_id, row)
         for i, row in enumerate(rows):
             rid = row_ids[i] if row_ids else result.request_id
-            recs.append({"request_id": rid, "model": self.name, "version": self.version,
+            k = seen[rid] = seen.get(rid, -1) + 1
+            recs.append({"request_id": rid, "row": k, "model": self.name, "version": self.version,
                          "role": result.role, "timestamp": ts, **row, **{f: v[i] for f, v in cols.items()},
                          "prediction": _logged(result.scores[i]), "degraded": result.degraded[i]})
         before = self.predlog.dropped

@@ -108,7 +108,7 @@ class ServeSpec:
         from keel.serving.predlog import PredictionLog
         from keel.serving.router import Router
 
-        uri = self.predlog_uri or str(settings.home / "predictions")
+        uri = self.predlog_uri or settings.predictions_location
         log = PredictionLog(uri, self.sample_rate, flush_interval_s=10.0)
         common = {"gpu": self.gpu, "max_batch": self.max_batch, "predlog": log, "cache_ttl_s": self.cache_ttl_s,
                   "cache_size": self.cache_size, "cache_stale_s": self.cache_stale_s,
