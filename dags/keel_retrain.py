@@ -1,6 +1,8 @@
 """keel's Airflow DAGs, generated from the project spec (keel.yaml, named by KEEL_PROJECT, else the
 keel.yaml beside this file, as the chart's dags ConfigMap carries it): `keel_retrain__<model>` per model,
-`keel_batch_score__<model>` per model with a `batch_score` job, and `keel_materialize`. Thin on purpose:
+`keel_batch_score__<model>` per model with a `batch_score` job, `keel_performance__<model>` per model (the
+performance job: outcomes joined to the prediction log; on the spec's performance.schedule, else when
+triggered; local executor only: on a cluster it is the chart's CronJob), and `keel_materialize`. Thin on purpose:
 every step is a function in keel.retrain / keel.batch / keel.features, run in the core venv (local) or as a
 pod of the platform image (kubernetes), never in Airflow's own venv. Only
 the spec's model names, schedules and training resources are read here (Airflow's venv has no keel); the
@@ -94,6 +96,15 @@ def _batch_score(model: str, date: str) -> dict[str, Any]:
     return run_scheduled(load_settings(), model, date)
 
 
+def _performance(model: str) -> dict[str, Any]:
+    from keel.config import load_settings
+    from keel.monitoring.performance import run
+
+    r = run(load_settings(), model)
+    return {"versions": [{"version": v.version, "labelled_rows": v.labelled_rows, "decay": v.decay}
+                         for v in r.versions]}
+
+
 def _local(fn: Any, task_id: str) -> Any:
     return task.external_python(python=CORE_PYTHON, task_id=task_id, expect_airflow=False, **RETRIES)(fn)
 
@@ -177,6 +188,18 @@ def batch_score_dag(model: str, job: dict[str, Any]) -> Any:
     return pipeline()
 
 
+def performance_dag(model: str, perf: dict[str, Any]) -> Any:
+    @dag(dag_id=f"keel_performance__{model}", schedule=perf.get("schedule"), start_date=datetime(2026, 1, 1),
+         catchup=False, max_active_runs=1, tags=["keel", "monitoring"],
+         doc_md=f"Measure `{model}` on its real outcomes (`keel feedback`): served rows joined to outcomes, the "
+                "task's metrics per version, label coverage and delay pushed to the Pushgateway, where "
+                "KeelModelPerformanceDecay watches them.")
+    def pipeline() -> None:
+        _local(_performance, "performance")(model)
+
+    return pipeline()
+
+
 @dag(dag_id="keel_materialize", schedule=CONFIG.get("materialize_schedule"), start_date=datetime(2026, 1, 1),
      catchup=False, max_active_runs=1, tags=["keel", "features"],
      doc_md="Incremental materialization of every online feature view into Redis.")
@@ -189,6 +212,8 @@ def keel_materialize() -> None:
 
 for _name, _model in (SPEC.get("models") or {}).items():
     globals()[f"keel_retrain__{_name}"] = retrain_dag(_name, _model or {})
+    if EXECUTOR == "local":  # on a cluster the chart's CronJob runs it, with the prediction log mounted
+        globals()[f"keel_performance__{_name}"] = performance_dag(_name, (_model or {}).get("performance") or {})
     if (_model or {}).get("batch_score"):
         globals()[f"keel_batch_score__{_name}"] = batch_score_dag(_name, _model["batch_score"])
 keel_materialize()

@@ -78,6 +78,21 @@ def drift(model: str, **kw: Any) -> Any:
     return get_client().drift(model, **kw)
 
 
+def feedback(model: str, outcomes: Any) -> Any:
+    """Send real outcomes for a model's predictions (see ``Client.feedback``)."""
+    return get_client().feedback(model, outcomes)
+
+
+def performance(model: str, **kw: Any) -> Any:
+    """Run the performance job for a model (see ``Client.performance``)."""
+    return get_client().performance(model, **kw)
+
+
+def card(model: str, version: str | None = None, **kw: Any) -> Any:
+    """Regenerate and log a version's model card (see ``Client.card``)."""
+    return get_client().card(model, version, **kw)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Client":
         from keel.client import Client
@@ -86,5 +101,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'keel' has no attribute {name!r}")
 
 
-__all__ = ["Client", "__version__", "deploy", "drift", "get_client", "predict", "promote", "register", "rollback",
-           "train", "training_set"]
+__all__ = ["Client", "__version__", "card", "deploy", "drift", "feedback", "get_client", "performance", "predict",
+           "promote", "register", "rollback", "train", "training_set"]

@@ -103,9 +103,28 @@ class Client:
         return self.register(trained.model, model, training_set=ts, holdout=trained.holdout,
                              metrics=trained.metrics, params=trained.params, reason=reason)
 
-    def promote(self, model: str, force: bool = False, reason: str = "") -> VersionInfo:
-        """challenger → champion when the gate passes on the same holdout (audited either way)."""
-        return self._registry().promote(model, force=force, reason=reason)
+    def promote(self, model: str, force: bool = False, reason: str = "", ab: bool | None = None) -> VersionInfo:
+        """challenger → champion when the gate passes on the same holdout (audited either way); with ``ab``
+        (default: the spec's gate.ab) also when the A/B test on real outcomes shows the challenger, served as
+        a sticky canary, at worst the gate's tolerance behind the champion."""
+        spec = self.spec_of(model)
+        online = None
+        if ab if ab is not None else bool(spec and spec.gate.ab):
+            from keel.monitoring import ab as abm
+
+            tolerance = spec.gate.tolerance if spec else 0.0
+
+            def online(chal: Any, champ: Any) -> dict[str, Any]:
+                r = abm.report(self.settings, model, versions=(champ.version, chal.version))
+                passed = abm.gate_passes(r, tolerance)
+                why = (f"{r.verdict}: {r.a.labelled_rows} and {r.b.labelled_rows} labelled rows"
+                       if r.diff is None else
+                       f"B - A = {r.diff:+.4f} {r.metric}, interval [{r.ci_low:+.4f}, {r.ci_high:+.4f}], "
+                       f"tolerance {tolerance}")
+                return {"passed": passed, "why": why, "metric": r.metric, "diff": r.diff, "ci_low": r.ci_low,
+                        "ci_high": r.ci_high, "labelled_a": r.a.labelled_rows, "labelled_b": r.b.labelled_rows}
+
+        return self._registry().promote(model, force=force, reason=reason, online=online)
 
     def rollback(self, model: str, reason: str = "") -> VersionInfo:
         """champion → the previous champion (audited)."""
@@ -133,7 +152,8 @@ class Client:
                                      "sample_rate": serving.sample_rate, "max_inflight": serving.max_inflight,
                                      "priorities": serving.priorities or None, "fallback": serving.fallback,
                                      "batch_max_size": serving.batch_size,
-                                     "batch_wait_s": serving.batch_wait_ms / 1000.0}
+                                     "batch_wait_s": serving.batch_wait_ms / 1000.0,
+                                     "sticky": spec.rollout.sticky, "sticky_key": spec.rollout.sticky_key}
                                     if serving else {})
         given = {k: v for k, v in options.items() if v is not None}
         if runtime != "ray" and {"batch_max_size", "batch_wait_s"} & given.keys():
@@ -169,6 +189,23 @@ class Client:
         return result.frame
 
     # -- monitoring ---------------------------------------------------------------------------------
+    def feedback(self, model: str, outcomes: list[dict[str, Any]] | pd.DataFrame) -> dict[str, Any]:
+        """Send real outcomes to the controller (each with ``label`` and ``request_id`` [+ ``row``], or the
+        entity key(s) + ``event_timestamp``); the same outcome twice counts once. Returns the counts."""
+        from keel.monitoring import feedback as fb
+
+        if hasattr(outcomes, "to_dict"):  # a DataFrame
+            outcomes = [{k: fb._plain(v) for k, v in r.items() if not fb._missing(v)}
+                        for r in outcomes.to_dict("records")]
+        return fb.send(self.settings, model, list(outcomes))
+
+    def performance(self, model: str, window: str | None = None, push: bool = True) -> Any:
+        """The served versions' metrics on their outcomes, label coverage and delay, and the decay verdict;
+        gauges to the Pushgateway, one run per version to MLflow."""
+        from keel.monitoring import performance
+
+        return performance.run(self.settings, model, window, push=push, progress=self.progress)
+
     def drift(self, model: str, window: str | None = None, push: bool = True) -> Any:
         """Evidently on the served traffic vs the champion's holdout; gauges to the Pushgateway, the
         report to MLflow."""
@@ -177,3 +214,15 @@ class Client:
         spec = self.spec_of(model)
         return drift.run(self.settings, model, window or (spec.drift.window if spec else "1h"),
                          sample_size=spec.drift.sample_size if spec else 50_000, push=push, progress=self.progress)
+
+    # -- model cards --------------------------------------------------------------------------------
+    def card(self, model: str, version: str | None = None, log: bool = True) -> Any:
+        """The model card of ``version`` (default: the champion, else the latest), regenerated now with the
+        latest drift, live performance and audit history: intended use and task (spec), lineage, holdout
+        metrics overall and by the spec's slice column. ``log`` writes it (Markdown and HTML) to the
+        version's MLflow run under ``card/`` and tags the version ``keel.card``. Returns a ModelCard."""
+        from keel.registry import card
+
+        registry = self._registry()
+        made = card.build(registry, model, version, self.spec_of(model))
+        return card.log(registry, made) if log else made

@@ -43,6 +43,9 @@ class GateSpec(_Strict):
     metric: str | None = None
     tolerance: float = Field(0.0, ge=0.0)
     greater_is_better: bool | None = None
+    # also require the A/B test on real outcomes (the challenger as a sticky canary beside the champion): the
+    # challenger at worst ``tolerance`` behind at the pessimistic end of the interval (keel.monitoring.ab)
+    ab: bool = False
 
 
 class RolloutSpec(_Strict):
@@ -294,7 +297,10 @@ class ProjectSpec(_Strict):
             entry: dict[str, Any] = {"name": name, "runtime": m.serving.runtime, "alias": "champion",
                                      "minReplicas": m.serving.min_replicas, "maxReplicas": m.serving.max_replicas,
                                      "drift": {"window": m.drift.window,
-                                               **({"schedule": m.drift.schedule} if m.drift.schedule else {})}}
+                                               **({"schedule": m.drift.schedule} if m.drift.schedule else {})},
+                                     "performance": {"window": m.performance.window,
+                                                     **({"schedule": m.performance.schedule}
+                                                        if m.performance.schedule else {})}}
             if m.serving.gpus and m.serving.runtime == "ray":
                 entry["numGpus"] = m.serving.gpus
             elif m.serving.gpus:

@@ -123,7 +123,7 @@ def rollout(settings: Settings, model: str, run_id: str, decision: dict[str, Any
     registry = Registry(settings)
     new, old = decision["champion"], decision.get("previous")
     base = {"runtime": current.runtime, "port": current.port, "predlog_uri": current.predlog_uri,
-            "sample_rate": current.sample_rate}
+            "sample_rate": current.sample_rate, "sticky": current.sticky, "sticky_key": current.sticky_key}
     if old and old != new and conf["canary_percent"] > 0:
         target.deploy(ServeSpec(model=model, version=old, canary_alias="champion",
                                 canary_weight=conf["canary_percent"] / 100.0, **base))

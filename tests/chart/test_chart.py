@@ -120,11 +120,11 @@ def test_profile_validates_against_kubernetes_and_crd_schemas(tmp_path: Path, na
 
 
 EXPECTED_KINDS = {
-    "minimal": {"InferenceService": 1, "StatefulSet": 2, "CronJob": 1, "Job": 1},
+    "minimal": {"InferenceService": 1, "StatefulSet": 2, "CronJob": 2, "Job": 1},  # drift + performance
     "production-ha": {"InferenceService": 2, "ScaledObject": 1, "PodDisruptionBudget": 3, "PriorityClass": 2,
-                      "Role": 3, "RoleBinding": 3, "ServiceAccount": 2, "CronJob": 2},
-    "gpu": {"InferenceService": 2, "ScaledObject": 1, "CronJob": 1},
-    "rayserve": {"RayService": 2, "CronJob": 2},
+                      "Role": 3, "RoleBinding": 3, "ServiceAccount": 2, "CronJob": 4},
+    "gpu": {"InferenceService": 2, "ScaledObject": 1, "CronJob": 2},
+    "rayserve": {"RayService": 2, "CronJob": 4},
     "multi-tenant": {"Namespace": 2, "ResourceQuota": 2, "LimitRange": 2, "RoleBinding": 6, "PriorityClass": 2},
 }
 
@@ -296,8 +296,9 @@ def test_pushgateway_is_optional(tmp_path: Path) -> None:
     docs = values(tmp_path, {"pushgateway": {"enabled": False, "externalUrl": "http://pg.monitoring:9091"},
                              "models": [{"name": "fraud"}]})
     assert not [d for d in docs if "pushgateway" in d["metadata"]["name"]]
-    drift = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(drift)["KEEL_PUSHGATEWAY"] == "http://pg.monitoring:9091"
+    for job in ("keel-fraud-drift", "keel-fraud-performance"):  # both push their gauges there
+        pod = one(docs, "CronJob", job)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert env_of(pod)["KEEL_PUSHGATEWAY"] == "http://pg.monitoring:9091"
 
 
 # -- models ------------------------------------------------------------------------------------------------
@@ -434,8 +435,8 @@ def test_multi_tenant_profile_gives_each_team_quota_limits_and_bindings(tmp_path
     pcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
     assert pcs["keel-serving"]["value"] > pcs["keel-experiments"]["value"]
     assert pcs["keel-experiments"]["preemptionPolicy"] == "Never"
-    assert one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["priorityClassName"] == \
-        "keel-experiments"
+    for job in [d for d in docs if d["kind"] == "CronJob"]:
+        assert job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["priorityClassName"] == "keel-experiments"
 
 
 # -- monitoring and DAGs -----------------------------------------------------------------------------------
@@ -630,4 +631,5 @@ def test_chart_values_from_a_project_spec_serve_and_watch_each_model(tmp_path: P
     isvcs = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "InferenceService")
     crons = [d["metadata"]["name"] for d in docs if d["kind"] == "CronJob"]
     assert isvcs == ["keel-delivery-speed", "keel-delivery-time"]
-    assert sorted(crons) == ["keel-delivery-speed-drift", "keel-delivery-time-drift"]
+    assert sorted(crons) == ["keel-delivery-speed-drift", "keel-delivery-speed-performance",
+                             "keel-delivery-time-drift", "keel-delivery-time-performance"]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -279,3 +280,83 @@ def test_airflow_dags_test_of_each_dag(loop: Settings, tmp_path: Path) -> None:
     assert len(frame) == len(pd.read_parquet(loop.data_dir / "transactions.parquet"))
     assert frame["score"].between(0, 1).all() and frame["request_id"].is_unique
     assert set(frame["version"]) == {Registry(loop).resolve(MODEL, "champion").version}
+
+
+def test_a_model_that_decays_on_real_outcomes_is_retrained_for_performance(loop: Settings, tmp_path: Path) -> None:
+    """A deliberately degraded champion (trained with the labels of high-amount transactions flipped, so it
+    looks fine on its own holdout) serves traffic; the real outcomes come later, half by request id through
+    the CLI, half by entity key + time through the SDK; the performance job (the Airflow DAG) pushes a
+    decay past the threshold; KeelModelPerformanceDecay fires and reaches the controller, which retrains
+    with reason "performance"; the new version is gated against the degraded one and served."""
+    from examples.fraud.fraud_model import train_fraud_model
+
+    from keel.client import Client
+    from keel.controller.airflow import Airflow
+    from keel.monitoring.dashboard_performance import performance
+    from keel.monitoring.dashboards import panel_queries
+    from keel.registry.client import Registry
+    from keel.serving import predlog
+    from keel.serving.deploy import LocalTarget, predict_local
+    from keel.serving.spec import ServeSpec
+    from tests.integration.test_drift import _query
+
+    s = loop
+    reg = Registry(s)
+    n = len(_triggers(s))
+    _wait("earlier triggers to finish", lambda: _finished(s, n) is not None, 300)
+    tx = pd.read_parquet(s.data_dir / "transactions.parquet")
+    flipped = tx.assign(is_fraud=np.where(tx["amount"] >= tx["amount"].median(), 1 - tx["is_fraud"], tx["is_fraud"]))
+    ts = build_fraud(s, "fraud_model_v1", flipped)
+    bad = train_fraud_model(ts)
+    degraded = reg.register(bad.model, MODEL, ts, bad.holdout, bad.metrics)
+    reg.promote(MODEL, force=True, reason="test: a deliberately degraded model", actor="pytest")
+    current = LocalTarget(s).specs()[MODEL]
+    LocalTarget(s).deploy(ServeSpec(model=MODEL, port=current.port, predlog_uri=current.predlog_uri))
+    # traffic: 60 fraudulent and 240 genuine transactions of the last day, one request each
+    recent = tx[tx["event_timestamp"] >= tx["event_timestamp"].max() - pd.Timedelta(days=2)]
+    sample = pd.concat([recent[recent["is_fraud"] == 1].sample(60, random_state=1),
+                        recent[recent["is_fraud"] == 0].sample(240, random_state=1)]).sample(frac=1, random_state=2)
+    answers = []
+    for row in sample.itertuples():
+        inst = {"customer_id": int(row.customer_id), "merchant_id": int(row.merchant_id), "amount": float(row.amount)}
+        sent = datetime.now(UTC)
+        out = predict_local(s, MODEL, [inst])
+        assert out["version"] == degraded.version
+        answers.append((inst, sent, out["request_id"], int(row.is_fraud)))
+    logged = lambda: predlog.read(s.predictions_location, MODEL)  # noqa: E731
+    _wait("the prediction log to be flushed", lambda: (df := logged()).empty is False
+          and set(r for _, _, r, _ in answers) <= set(df["request_id"]), 60)
+    # the outcomes, later: half by request id (CLI, a CSV with the spec's label name), half by entity + time (SDK)
+    half = len(answers) // 2
+    csv = tmp_path / "outcomes.csv"
+    pd.DataFrame([{"request_id": r, "is_fraud": y} for _, _, r, y in answers[:half]]).to_csv(csv, index=False)
+    cli = run_keel(["feedback", MODEL, str(csv)], s)
+    assert cli.returncode == 0 and f"{half} stored, 0 duplicates" in cli.stdout, cli.stdout + cli.stderr
+    by_entity = [{"customer_id": i["customer_id"], "merchant_id": i["merchant_id"], "event_timestamp": t.isoformat(),
+                  "label": y} for i, t, _, y in answers[half:]]
+    assert Client(s).feedback(MODEL, by_entity)["accepted"] == len(answers) - half
+    # the performance job, as Airflow runs it locally
+    af = Airflow(s.airflow_api, s.airflow_username, s.airflow_secret)
+    run_id = f"perf__{int(time.time())}"
+    af.trigger(f"keel_performance__{MODEL}", run_id, {})
+    state = _wait("the performance DAG run", lambda: (st := af.run_state(f"keel_performance__{MODEL}", run_id))
+                  in ("success", "failed") and st, 300)
+    assert state == "success"
+    decay = _wait("the decay gauge", lambda: _query(s, f'keel_model_performance_decay{{model="{MODEL}",'
+                                                       f'version="{degraded.version}"}}'), 60)
+    assert float(decay[0]["value"][1]) > 0.05, decay
+    try:
+        (trigger,) = _wait("the performance alert's retrain to finish", lambda: (t := _triggers(s)[n:])
+                           and all(x["state"] in ("done", "failed") for x in t) and t, 480)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; triggers: {_triggers(s)[n:]}") from None
+    assert trigger["reason"].startswith("performance: KeelModelPerformanceDecay"), trigger
+    assert (trigger["state"], trigger["outcome"]) == ("done", "promoted"), trigger
+    champion = reg.resolve(MODEL, "champion").version
+    assert int(champion) > int(degraded.version)
+    assert predict_local(s, MODEL, [answers[0][0]])["version"] == champion
+    records = [json.loads(line) for line in s.audit_log.read_text().splitlines()]
+    assert any(r["action"] == "retrain-requested" and r["reason"].startswith("performance:") for r in records)
+    empty = [f"{title}: {expr}" for title, expr in panel_queries(performance())
+             if "feedback_outcomes" not in expr and not _query(s, expr)]
+    assert not empty, "Model quality panels without data:\n" + "\n".join(empty)

@@ -35,6 +35,7 @@ def test_dags_import_cleanly_one_retrain_dag_per_model(tmp_path: Path) -> None:
     models = yaml.safe_load((ROOT / "examples" / "fraud" / "keel.yaml").read_text())["models"]
     expected = {f"keel_retrain__{m}": ["validate", "train", "gate", "rollout"] for m in models}
     expected |= {f"keel_batch_score__{m}": ["batch_score"] for m, spec in models.items() if spec.get("batch_score")}
+    expected |= {f"keel_performance__{m}": ["performance"] for m in models}
     assert "keel_batch_score__fraud" in expected
     assert out["dags"] == {**expected, "keel_materialize": ["materialize"]}
 

@@ -126,9 +126,9 @@ def test_many_outcomes_by_entity_resolve_in_one_pass(tmp_path: Path) -> None:
               "degraded": False} for i in range(5000)])
     log.flush()
     store = OutcomeStore(str(tmp_path / "outcomes"), uri)
-    got = store.record("m", "binary", [{"customer_id": i, "event_timestamp": (T0 + timedelta(seconds=i + 2)).isoformat(),
-                                        "label": i % 2} for i in range(5000)], ["customer_id"],
-                       now=T0 + timedelta(hours=2))
+    outcomes = [{"customer_id": i, "event_timestamp": (T0 + timedelta(seconds=i + 2)).isoformat(), "label": i % 2}
+                for i in range(5000)]
+    got = store.record("m", "binary", outcomes, ["customer_id"], now=T0 + timedelta(hours=2))
     assert got.accepted == 5000
     df = read(store.uri, "m")
     assert (df["request_id"] == "q" + df["customer_id"].astype(str)).all()

@@ -63,7 +63,7 @@ def test_found_from_env_or_a_parent_directory(tmp_path: Path, monkeypatch: pytes
         ("models: {m: {feature_service: x, label: y, labels: z, task: binary, train: nocolon}}",
          ["models.m.train", "module:function"]),
         ("models: {m: {feature_service: x, label: y, labels: z, task: binary, train: 'a:b', colour: red}}",
-         ["unknown key 'models.m.colour'", "valid keys: batch_score, drift, feature_service"]),
+         ["unknown key 'models.m.colour'", "valid keys: batch_score, card, drift, feature_service"]),
         ("modles: {}", ["unknown key 'modles'", "valid keys: airflow, data, demo, feature_repo, models"]),
         ("models: [1, 2]", ["models: expected a mapping"]),
         ("feature_repo: elsewhere", ["feature_repo: no feature_store.yaml in"]),

@@ -118,6 +118,8 @@ KEEL_MLFLOW_URI: "http://{{ include "keel.svc" (list . "mlflow") }}:{{ .Values.m
 KEEL_PUSHGATEWAY: {{ required "pushgateway.externalUrl is required when pushgateway.enabled is false" .Values.pushgateway.externalUrl | quote }}
 {{- end }}
 KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
+KEEL_PREDICTIONS_URI: {{ .Values.predictionLog.uri | default "/var/lib/keel/predictions" | quote }}
+KEEL_OUTCOMES_URI: {{ .Values.predictionLog.outcomesUri | default (printf "%s/_outcomes" (.Values.predictionLog.uri | default "/var/lib/keel/predictions" | trimSuffix "/")) | quote }}
 {{- end -}}
 {{/* The secret half: references to the Secrets the values name (never their contents). */}}
 {{- define "keel.secretEnv" -}}
@@ -153,7 +155,7 @@ KEEL_DEPLOY_TARGET: {{ .Values.airflow.pipelines.deployTarget | quote }}
 {{- $ := index . 0 }}{{- $m := index . 1 }}
 {{- $spec := dict "model" $m.name "alias" ($m.alias | default "champion") "runtime" (index . 2) "port" (index . 3) "predlog_uri" ($.Values.predictionLog.uri | default "/var/lib/keel/predictions") "sample_rate" $.Values.predictionLog.sampleRate "min_replicas" (int (include "keel.minReplicas" $m)) "max_replicas" (int ($m.maxReplicas | default 1)) }}
 {{- with $m.version }}{{- $_ := set $spec "version" (toString .) }}{{- end }}
-{{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- end }}
+{{- with $m.canary }}{{- $_ := set $spec "canary_alias" .alias }}{{- $_ := set $spec "canary_weight" (divf (.percent | default 10) 100) }}{{- if hasKey . "sticky" }}{{- $_ := set $spec "sticky" .sticky }}{{- end }}{{- with .stickyKey }}{{- $_ := set $spec "sticky_key" . }}{{- end }}{{- end }}
 {{- with $m.maxInflight }}{{- $_ := set $spec "max_inflight" (int .) }}{{- end }}
 {{- with $m.featureCache }}{{- if hasKey . "ttlSeconds" }}{{- $_ := set $spec "cache_ttl_s" (float64 .ttlSeconds) }}{{- end }}{{- with .entities }}{{- $_ := set $spec "cache_size" (int .) }}{{- end }}{{- if hasKey . "staleSeconds" }}{{- $_ := set $spec "cache_stale_s" (float64 .staleSeconds) }}{{- end }}{{- end }}
 {{- with $m.batching }}{{- with .maxSize }}{{- $_ := set $spec "batch_max_size" (int .) }}{{- end }}{{- if hasKey . "waitMs" }}{{- $_ := set $spec "batch_wait_s" (divf .waitMs 1000) }}{{- end }}{{- end }}

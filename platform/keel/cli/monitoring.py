@@ -135,3 +135,45 @@ def performance_run(ctx: click.Context, model: str, window: str | None, predicti
             f"no verdict (fewer than {r.min_labels} labelled rows)"
         click.echo(f"{r.model} v{v.version}: {v.labelled_rows}/{v.served_rows} served rows labelled "
                    f"({v.label_coverage:.0%}); {verdict}")
+
+
+@cli.group()
+def ab() -> None:
+    """A/B tests: the champion against a sticky canary, on real outcomes."""
+
+
+@ab.command("report")
+@click.argument("model")
+@click.option("--window", default=None, help="prediction-log window, e.g. 1d, 7d; default: the spec's performance "
+                                             "window, else 7d")
+@click.option("--metric", default=None, help="default: the gate metric (or, for multiclass, accuracy)")
+@click.option("--versions", default=None, help="A,B: the champion's and the challenger's versions; default: the "
+                                               "canary's most served version and the primary's over its time")
+@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(100, 100_000))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.pass_context
+def ab_report(ctx: click.Context, model: str, window: str | None, metric: str | None, versions: str | None,
+              n_boot: int, seed: int, fmt: str) -> None:
+    """Each variant's metric on its labelled rows, the difference B - A with a bootstrap interval."""
+    from keel.errors import KeelError
+    from keel.monitoring import ab as abm
+
+    pair = None
+    if versions:
+        parts = [p.strip().removeprefix("v") for p in versions.split(",")]
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise KeelError(f"--versions '{versions}': expected A,B version numbers, e.g. 3,4")
+        pair = (parts[0], parts[1])
+    r = abm.report(settings_of(ctx), model, window, metric, pair, n_boot, seed)
+    if fmt != "table":
+        click.echo(render(r.as_dict(), fmt))
+        return
+    rows = [{"variant": v.name, "version": v.version, "served": v.served_rows, "labelled": v.labelled_rows,
+             r.metric: "-" if v.value is None else round(v.value, 4)} for v in (r.a, r.b)]
+    click.echo(render(rows, "table"))
+    if r.diff is None:
+        click.echo(f"{r.model}: {r.verdict} (each variant needs the spec's performance.min_labels labelled rows)")
+        return
+    click.echo(f"{r.model}: B - A = {r.diff:+.4f} {r.metric}, {r.confidence:.0%} interval [{r.ci_low:+.4f}, "
+               f"{r.ci_high:+.4f}] ({r.n_boot} bootstrap resamples): {r.verdict}")

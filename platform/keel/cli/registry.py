@@ -74,16 +74,39 @@ def models_show(ctx: click.Context, model: str, fmt: str) -> None:
     click.echo(render(rows, "table"))
 
 
+@models.command("card")
+@click.argument("model")
+@click.argument("version", required=False)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="also write the HTML card to this file")
+@click.pass_context
+def models_card(ctx: click.Context, model: str, version: str | None, html_path: str | None) -> None:
+    """Regenerate MODEL's card for VERSION (default: the champion, else the latest) with the latest drift,
+    live performance and audit history; log it to the version's MLflow run and print the Markdown."""
+    from pathlib import Path
+
+    from keel.client import Client
+
+    card = Client(settings_of(ctx)).card(model, version)
+    if html_path:
+        Path(html_path).write_text(card.html)
+    click.echo(card.markdown)
+    click.echo(f"logged to {card.uri}" + (f"; HTML written to {html_path}" if html_path else ""), err=True)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--force", is_flag=True, help="skip the gate (needs --reason)")
 @click.option("--reason", default="", help="recorded in the audit log")
+@click.option("--ab/--no-ab", default=None, help="also require the A/B test on real outcomes (the challenger served "
+                                                 "as a sticky canary); default: the spec's gate.ab")
 @click.pass_context
-def promote(ctx: click.Context, model: str, force: bool, reason: str) -> None:
-    """Make MODEL's challenger the champion if it is not worse on the same holdout."""
-    from keel.registry.client import Registry
+def promote(ctx: click.Context, model: str, force: bool, reason: str, ab: bool | None) -> None:
+    """Make MODEL's challenger the champion if it is not worse on the same holdout (and, with --ab, on real
+    outcomes beside the champion)."""
+    from keel.client import Client
 
-    v = Registry(settings_of(ctx)).promote(model, force=force, reason=reason)
+    v = Client(settings_of(ctx)).promote(model, force=force, reason=reason, ab=ab)
     click.echo(f"{model} v{v.version} is now champion")
 
 

@@ -22,6 +22,11 @@ from keel.output import render
               help="look a model's inputs up from this feature service (for a model registered without keel)")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="default: KEEL_SERVING_PORT + n")
 @click.option("--canary", default=None, help="ALIAS:PERCENT served side by side, e.g. challenger:10")
+@click.option("--sticky/--no-sticky", default=None,
+              help="with --canary: split by a hash of the entity key, so an entity always meets the same variant "
+                   "(an A/B test); --no-sticky flips a coin per request (default: the spec's rollout.sticky, else on)")
+@click.option("--sticky-key", default=None, help="the request field the sticky split hashes (default: the first "
+                                                 "entity key)")
 @click.option("--shadow", default=None, help="ALIAS scored and logged, never returned")
 @click.option("--gpu", is_flag=True, help="run the model on a GPU when one is present")
 @click.option("--num-gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs per replica (fractional)")
@@ -53,7 +58,8 @@ from keel.output import render
 @click.option("--no-wait", is_flag=True, help="cluster targets: do not wait for the operator to report Ready")
 @click.pass_context
 def deploy(ctx: click.Context, model: str, alias: str, version: str | None, target: str, runtime: str | None,
-           feature_service: str | None, port: int | None, canary: str | None, shadow: str | None, gpu: bool,
+           feature_service: str | None, port: int | None, canary: str | None, sticky: bool | None,
+           sticky_key: str | None, shadow: str | None, gpu: bool,
            num_gpus: float, sample_rate: float | None, max_batch: int | None, max_inflight: int | None,
            cache_ttl: float | None, cache_size: int | None, batch_size: int | None, batch_wait_ms: float | None,
            fallback: str | None, min_replicas: int, max_replicas: int,
@@ -73,6 +79,7 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
         canary_alias, weight = ServeSpec.parse_canary(canary) if canary else (None, 0.0)
         spec = ServeSpec(model=model, alias=alias, version=version, runtime=cluster.RUNTIME_OF_TARGET[target],
                          canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
+                         sticky=True if sticky is None else sticky, sticky_key=sticky_key,
                          gpu=gpu or num_gpus > 0, num_gpus=num_gpus, min_replicas=min_replicas,
                          max_replicas=max_replicas)
         if dry_run:
@@ -91,7 +98,8 @@ def deploy(ctx: click.Context, model: str, alias: str, version: str | None, targ
     d.target(s, target)  # an unknown target is refused with the valid choices
     out = Client(s).deploy(model, alias, version=version, runtime=runtime, port=port, feature_service=feature_service,
                            canary_alias=canary_alias, canary_weight=weight, shadow_alias=shadow,
-                           gpu=gpu or num_gpus > 0, num_gpus=num_gpus, sample_rate=sample_rate, max_batch=max_batch,
+                           sticky=sticky, sticky_key=sticky_key, gpu=gpu or num_gpus > 0, num_gpus=num_gpus,
+                           sample_rate=sample_rate, max_batch=max_batch,
                            max_inflight=max_inflight, cache_ttl_s=cache_ttl, cache_size=cache_size,
                            batch_max_size=batch_size,
                            batch_wait_s=None if batch_wait_ms is None else batch_wait_ms / 1000.0, fallback=fallback)

@@ -7,8 +7,9 @@ per-class precision/recall for multiclass (the log keeps the top class, not the 
 label coverage (labelled rows / served rows) and label delay (outcome observed − prediction made).
 
 The decay verdict compares the live value of the version's gate metric with the same metric on the
-holdout it was registered with (its baseline), direction-aware, and only once ``min_labels`` rows are
-labelled: ``keel_model_performance_decay`` (positive: worse than the baseline) against
+holdout it was registered with (its baseline), direction-aware, only once ``min_labels`` rows are
+labelled and only for a version an alias (champion, challenger) still points at:
+``keel_model_performance_decay`` (positive: worse than the baseline) against
 ``keel_model_performance_decay_threshold``. KeelModelPerformanceDecay fires on that, and the keel
 controller takes it as a retraining reason ("performance") beside drift.
 """
@@ -80,45 +81,46 @@ class PerformanceResult:
 
 
 def live_metrics(task: str, y: np.ndarray, pred: np.ndarray, threshold: float = 0.5,
-                 classes: list[str] | None = None) -> dict[str, float]:
-    """The task's metrics from logged predictions (a score, a value, or the top class's index) and
-    labels; a metric undefined on these rows (AUC with one class present) is left out, not zero."""
+                 classes: list[str] | None = None, only: str | None = None) -> dict[str, float]:
+    """The task's metrics (or ``only`` that one) from logged predictions (a score, a value, or the top
+    class's index) and labels; a metric undefined on these rows (AUC with one class present) is left
+    out, not zero."""
     from sklearn import metrics as sk
 
-    out: dict[str, float] = {}
     if not len(y):
-        return out
+        return {}
+    table: dict[str, Any] = {}
     if task == "binary":
-        yb = y.astype(int)
-        p = pred.astype(float)
+        yb, p = y.astype(int), pred.astype(float)
         hard = (p >= threshold).astype(int)
-        if len(set(yb)) == 2:
-            out["roc_auc"] = float(sk.roc_auc_score(yb, p))
-            out["pr_auc"] = float(sk.average_precision_score(yb, p))
-        out["log_loss"] = float(sk.log_loss(yb, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))
-        out["accuracy"] = float(sk.accuracy_score(yb, hard))
-        out["f1"] = float(sk.f1_score(yb, hard, zero_division=0))
-        out["precision"] = float(sk.precision_score(yb, hard, zero_division=0))
-        out["recall"] = float(sk.recall_score(yb, hard, zero_division=0))
+        both = len(set(yb)) == 2
+        table = {
+            "roc_auc": (lambda: sk.roc_auc_score(yb, p)) if both else None,
+            "pr_auc": (lambda: sk.average_precision_score(yb, p)) if both else None,
+            "log_loss": lambda: sk.log_loss(yb, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]),
+            "accuracy": lambda: sk.accuracy_score(yb, hard),
+            "f1": lambda: sk.f1_score(yb, hard, zero_division=0),
+            "precision": lambda: sk.precision_score(yb, hard, zero_division=0),
+            "recall": lambda: sk.recall_score(yb, hard, zero_division=0),
+        }
     elif task == "regression":
         yr, p = y.astype(float), pred.astype(float)
-        out["rmse"] = float(np.sqrt(np.mean((yr - p) ** 2)))
-        out["mae"] = float(np.mean(np.abs(yr - p)))
-        if len(yr) > 1 and np.var(yr) > 0:
-            out["r2"] = float(sk.r2_score(yr, p))
+        table = {"rmse": lambda: np.sqrt(np.mean((yr - p) ** 2)), "mae": lambda: np.mean(np.abs(yr - p)),
+                 "r2": (lambda: sk.r2_score(yr, p)) if len(yr) > 1 and np.var(yr) > 0 else None}
     else:
         names = list(classes) if classes else sorted(set(map(str, y)))
-        idx = pred.astype(int)
-        predicted = np.array([names[i] if 0 <= i < len(names) else "?" for i in idx], dtype=object)
+        predicted = np.array([names[i] if 0 <= i < len(names) else "?" for i in pred.astype(int)], dtype=object)
         truth = y.astype(str).astype(object)
-        out["accuracy"] = float(sk.accuracy_score(truth, predicted))
-        out["macro_f1"] = float(sk.f1_score(truth, predicted, average="macro", labels=names, zero_division=0))
-        prec = sk.precision_score(truth, predicted, average=None, labels=names, zero_division=0)
-        rec = sk.recall_score(truth, predicted, average=None, labels=names, zero_division=0)
-        for c, pv, rv in zip(names, prec, rec, strict=True):
-            out[f"precision.{c}"] = float(pv)
-            out[f"recall.{c}"] = float(rv)
-    return out
+        table = {"accuracy": lambda: sk.accuracy_score(truth, predicted),
+                 "macro_f1": lambda: sk.f1_score(truth, predicted, average="macro", labels=names, zero_division=0)}
+        if only is None or only.startswith(("precision.", "recall.")):
+            prec = sk.precision_score(truth, predicted, average=None, labels=names, zero_division=0)
+            rec = sk.recall_score(truth, predicted, average=None, labels=names, zero_division=0)
+            for c, pv, rv in zip(names, prec, rec, strict=True):
+                table[f"precision.{c}"] = lambda v=pv: v
+                table[f"recall.{c}"] = lambda v=rv: v
+    wanted = [only] if only is not None else list(table)
+    return {k: float(table[k]()) for k in wanted if table.get(k) is not None}
 
 
 def decay_of(metric: str, live: float, baseline: float) -> float:
@@ -300,6 +302,9 @@ def run(settings: Settings, model: str, window: str | None = None, predictions: 
                for v, i in infos.items()}
     baselines = {v: dict(i.metrics) for v, i in infos.items()}
     versions = evaluate(served, labels, task, baselines, metric, perf.threshold, perf.min_labels, classes)
+    for v in versions:  # a version no alias points at any more serves nobody: its decay must not retrain
+        if not infos[v.version].aliases:
+            v.decay, v.decay_metric = None, None
     result = PerformanceResult(model, task, start.isoformat(), end.isoformat(), perf.threshold, perf.decay_tolerance,
                                perf.min_labels, versions)
     out = settings.home / "performance" / model

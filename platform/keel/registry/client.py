@@ -160,7 +160,7 @@ class Registry:
         mlflow = require("mlflow", "registry")
         from mlflow.models import infer_signature
 
-        from keel.registry import lineage
+        from keel.registry import card, lineage
 
         client = self.client
         if idempotency_key:
@@ -210,8 +210,9 @@ class Registry:
                 (Path(tmp) / STATS_ARTIFACT).write_text(json.dumps(stats, indent=1, default=str))
                 # entity keys, request values and event time ride along: smoke traffic and warm-up draw
                 # real requests from these rows
-                extra = [c for c in ["event_timestamp", *training_set.entity_keys,
-                                     *getattr(training_set, "request_fields", [])]
+                extra = [c for c in dict.fromkeys(["event_timestamp", *training_set.entity_keys,
+                                                   *getattr(training_set, "request_fields", []),
+                                                   *card.slice_columns(self.settings, name)])  # + card's slice
                          if c in holdout.columns and c not in feats and c != label]
                 holdout[[*extra, *feats, label]].to_parquet(Path(tmp) / HOLDOUT_ARTIFACT, index=False)
                 size = sum(f.stat().st_size for f in Path(tmp).iterdir())
@@ -229,6 +230,7 @@ class Registry:
         client.set_registered_model_alias(name, CHALLENGER, version)
         self._record("register", name, CHALLENGER, None if before is None else str(before), version,
                      reason=reason, actor=actor, metric=metric_name, value=score)
+        card.on_register(self, name, version, model, holdout)  # every version gets a card; never fails this
         return self.version(name, version)
 
     # -- gate / promote / rollback ------------------------------------------------------------
@@ -293,16 +295,19 @@ class Registry:
         return GateResult(metric_name, c_score, p_score, tol,
                           m.not_worse(metric_name, c_score, p_score, tol, greater), holdout_hash)
 
-    def promote(self, name: str, force: bool = False, reason: str = "", actor: str | None = None) -> VersionInfo:
+    def promote(self, name: str, force: bool = False, reason: str = "", actor: str | None = None,
+                online: Callable[[VersionInfo, VersionInfo], dict[str, Any]] | None = None) -> VersionInfo:
         """challenger → champion if the gate passes (or ``force`` with a reason). Under the model's alias
         lock (``AuditStore.lock``): what is read, changed and recorded is one step, whoever else promotes or
-        rolls back at the same moment."""
+        rolls back at the same moment. ``online(challenger, champion)``, when given, is a second gate on
+        real outcomes (the A/B test): a dict with ``passed`` and ``why``, recorded with the decision."""
         if force and not reason.strip():
             raise KeelError("--force needs --reason: say why the gate is being overridden")
         with self.audit.lock(name):
-            return self._promote(name, force, reason, actor)
+            return self._promote(name, force, reason, actor, online)
 
-    def _promote(self, name: str, force: bool, reason: str, actor: str | None) -> VersionInfo:
+    def _promote(self, name: str, force: bool, reason: str, actor: str | None,
+                 online: Callable[[VersionInfo, VersionInfo], dict[str, Any]] | None = None) -> VersionInfo:
         chal = self._by_alias(name, CHALLENGER)
         if chal is None:
             raise NotFoundError("alias", CHALLENGER, self._model(name).aliases, of=f"model '{name}'")
@@ -324,6 +329,15 @@ class Registry:
                     f"promotion of '{name}' v{chal.version} refused: {g.metric} {g.challenger:.4f} is worse than "
                     f"champion v{before}'s {g.champion:.4f} (tolerance {g.tolerance}); "
                     "use --force --reason to override")
+            if online is not None and champ is not None:
+                evidence = online(chal, champ)
+                details.update({f"ab_{k}": v for k, v in evidence.items() if k != "passed"})
+                if not evidence["passed"]:
+                    self._record("promote-refused", name, CHAMPION, before, before,
+                                 reason=reason or "A/B gate: not shown good enough on real outcomes", actor=actor,
+                                 candidate=chal.version, **details)
+                    raise GateRefusedError(f"promotion of '{name}' v{chal.version} refused by the A/B test on real "
+                                           f"outcomes: {evidence['why']}; use --force --reason to override")
             action = "promote"
         self.client.set_registered_model_alias(name, CHAMPION, chal.version)
         self.client.delete_registered_model_alias(name, CHALLENGER)

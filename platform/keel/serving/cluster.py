@@ -37,7 +37,9 @@ def model_values(spec: Any, target: str, priority_class: str | None = None) -> d
     if priority_class:
         entry["priorityClassName"] = priority_class
     if spec.canary_alias:
-        entry["canary"] = {"alias": spec.canary_alias, "percent": round(spec.canary_weight * 100, 6)}
+        entry["canary"] = {"alias": spec.canary_alias, "percent": round(spec.canary_weight * 100, 6),
+                           **({} if spec.sticky else {"sticky": False}),
+                           **({"stickyKey": spec.sticky_key} if spec.sticky_key else {})}
     if target == "rayserve" and spec.num_gpus:
         entry["numGpus"] = spec.num_gpus
     elif target == "kserve" and spec.gpu:

@@ -88,6 +88,11 @@ class LocalTarget(DeployTarget):
             _check_feature_service(self.settings, plan.feature_service, plan.features, spec.model, version)
         if spec.fallback:
             _check_fallback(self.settings, spec, version, plan)
+        if spec.canary_alias and spec.sticky and spec.sticky_key:
+            carried = _request_inputs(self.settings, plan)
+            if spec.sticky_key not in carried:
+                raise KeelError(f"sticky key '{spec.sticky_key}' is not a field of requests to {spec.model} v{version};"
+                                f" valid choices: {', '.join(sorted(carried)) or '(none)'}")
         for w in plan.warnings:
             logging.getLogger("keel.serving").warning(w)
         for name, existing in self.specs().items():

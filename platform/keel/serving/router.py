@@ -1,6 +1,10 @@
 """Champion and challenger side by side: a canary split by weight, or the challenger in shadow.
 
-In canary mode each request is answered by exactly one version (the response says which). In
+In canary mode each request is answered by exactly one version (the response says which, and the
+prediction log records it with the role ``canary``). With a ``sticky_key`` the split is an A/B test: a
+request goes to the challenger when a hash of its first row's key value falls under the weight, so the
+same entity always meets the same variant, on every replica and across restarts (a keyed hash, not
+Python's per-process ``hash``). A request without the key falls back to the coin flip. In
 shadow mode the primary always answers; the challenger scores the same request on a background
 worker and is only logged, never returned. Shadow work is bounded: when the queue is full, shadow
 scoring is skipped rather than slowing the primary.
@@ -8,6 +12,7 @@ scoring is skipped rather than slowing the primary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -23,7 +28,8 @@ log = logging.getLogger("keel.serving")
 
 class Router:
     def __init__(self, primary: Predictor, secondary: Predictor | None = None, mode: str | None = None,
-                 weight: float = 0.0, seed: int | None = None, shadow_queue: int = 64) -> None:
+                 weight: float = 0.0, seed: int | None = None, shadow_queue: int = 64,
+                 sticky_key: str | None = None) -> None:
         if mode not in (None, "canary", "shadow"):
             raise ValueError(f"mode={mode!r}: expected None, 'canary' or 'shadow'")
         if mode and secondary is None:
@@ -31,6 +37,7 @@ class Router:
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight={weight}: expected a fraction between 0 and 1")
         self.primary, self.secondary, self.mode, self.weight = primary, secondary, mode, weight
+        self.sticky_key = sticky_key if mode == "canary" else None
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keel-shadow") if mode == "shadow" else None
@@ -47,8 +54,12 @@ class Router:
     def predictors(self) -> list[Predictor]:
         return [p for p in (self.primary, self.secondary) if p is not None]
 
-    def route(self) -> Predictor:
+    def route(self, instances: Any = None) -> Predictor:
         if self.mode == "canary" and self.secondary is not None:
+            if self.sticky_key is not None:
+                value = first_value(instances, self.sticky_key)
+                if value is not None:
+                    return self.secondary if bucket(self.primary.name, value) < self.weight else self.primary
             with self._rng_lock:
                 if self._rng.random() < self.weight:
                     return self.secondary
@@ -56,7 +67,7 @@ class Router:
 
     def predict(self, instances: Any, target: Predictor | None = None) -> Result:
         """Answer one request, counting its outcome by HTTP-equivalent code."""
-        chosen = target or self.route()
+        chosen = target or self.route(instances)
         role = "canary" if chosen is not self.primary else "primary"
         self._inflight.inc()
         try:
@@ -83,7 +94,7 @@ class Router:
         out: list[Result | InputError | None] = [None] * len(requests)
         groups: dict[int, tuple[Predictor, list[int], list[list[dict[str, Any]]]]] = {}
         for i, instances in enumerate(requests):
-            chosen = self.route()
+            chosen = self.route(instances)
             try:
                 rows = chosen.validate(instances)
             except InputError as exc:
@@ -143,3 +154,17 @@ class Router:
         for p in self.predictors:
             if p.predlog is not None:
                 p.predlog.close()
+
+
+def bucket(salt: str, value: Any) -> float:
+    """A stable position in [0, 1) for a key value: the first 8 bytes of its BLAKE2b hash (salted with the
+    model's name, so two models' experiments do not split the same customers the same way)."""
+    digest = hashlib.blake2b(f"{salt}\x00{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def first_value(instances: Any, key: str) -> Any:
+    """The key's value in a request's first row (V1 instances: a list of objects), or None."""
+    if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+        return instances[0].get(key)
+    return None

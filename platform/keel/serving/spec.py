@@ -21,6 +21,10 @@ class ServeSpec:
     port: int = 8085
     canary_alias: str | None = None
     canary_weight: float = 0.0
+    # the canary as an A/B test: split by a hash of this request field (default: the model's first entity
+    # key), so an entity always meets the same variant; False: a coin flip per request
+    sticky: bool = True
+    sticky_key: str | None = None
     shadow_alias: str | None = None
     max_batch: int = 1000
     gpu: bool = False
@@ -129,4 +133,11 @@ class ServeSpec:
         for p in (primary, secondary):
             if p is not None:
                 p.warmup()
-        return Router(primary, secondary, mode, self.canary_weight, seed)
+        key = None
+        if mode == "canary" and self.sticky:
+            keys = list(getattr(primary.online, "entity_keys", []) or [])
+            key = self.sticky_key or (keys[0] if keys else None)
+            if key is not None and key not in primary.input_fields:
+                raise KeelError(f"sticky key '{key}' is not a request field of {self.model} v{primary.version}; "
+                                f"valid choices: {', '.join(primary.input_fields)}")
+        return Router(primary, secondary, mode, self.canary_weight, seed, sticky_key=key)
