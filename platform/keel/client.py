@@ -59,6 +59,15 @@ class Client:
         service = feature_service or (spec.feature_service if spec else None)
         if not service:
             raise KeelError("give a model from the project spec or feature_service=")
+        source = spec.training.source if spec and labels is None and feature_service is None else "labels"
+        if source == "feedback":
+            from keel.features import feedback_set
+
+            self.progress(f"served rows of '{model}' with outcomes, last {spec.training.feedback_window}")
+            ts = feedback_set.build(self.settings, str(model), spec, spec.training.feedback_window)
+            self.progress(f"training set: {len(ts.frame):,} served rows x {len(ts.features)} features, "
+                          f"snapshot {ts.snapshot_hash[:12]}")
+            return ts
         events: Any = labels if labels is not None else (self.labels_of(model) if model else None)
         if events is None:
             raise KeelError("give a model from the project spec or labels= (a DataFrame, parquet or CSV path)")
@@ -68,6 +77,11 @@ class Client:
         ts = training.build(self.settings, service, events, label if label is not None else
                             (spec.label if spec else None), engine=engine,
                             filter_by_created_timestamp=filter_by_created_timestamp, reason=reason)
+        if source == "both":
+            from keel.features import feedback_set
+
+            self.progress(f"adding the served rows of '{model}' with outcomes, last {spec.training.feedback_window}")
+            ts = feedback_set.build(self.settings, str(model), spec, spec.training.feedback_window, base=ts)
         self.progress(f"training set: {len(ts.frame):,} rows x {len(ts.features)} features, "
                       f"snapshot {ts.snapshot_hash[:12]}")
         return ts

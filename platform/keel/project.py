@@ -121,6 +121,10 @@ class TrainingSpec(_Strict):
     memory: str | None = Field(None, pattern=MEMORY)
     gpus: int = Field(0, ge=0)
     ray: RayTrainingSpec | None = None
+    # where training rows come from: the labelled events joined point-in-time (labels), the served rows that
+    # got an outcome, with the features as they were served (feedback: keel.features.feedback_set), or both
+    source: Literal["labels", "feedback", "both"] = "labels"
+    feedback_window: str = Field("30d", pattern=r"^[0-9]+[smhd]$")
 
     @model_validator(mode="after")
     def _one_place_for_resources(self) -> TrainingSpec:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from keel.config import Settings
 from keel.stack import Stack
 from keel.stack.supervisor import _group_members
-from tests.conftest import build_fraud, isolated_settings
+from tests.conftest import build_fraud, free_ports, isolated_settings
 from tests.once import Once
 
 DATA_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -121,3 +122,29 @@ def deployer(session_stack: Stack, stack_settings: Settings) -> Iterator:
     finally:
         for model in target.specs():
             target.undeploy(model)
+
+
+@pytest.fixture(scope="module")
+def controller(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The real controller app (the session stack runs none: no Airflow here) for its /v1/feedback endpoint,
+    on a free port; shut down even if a test fails."""
+    from keel.controller.airflow import Airflow
+    from keel.controller.app import Controller, serve
+    from keel.controller.feedback import Feedback, registry_facts
+    from keel.controller.queue import TriggerQueue
+    from keel.monitoring.outcomes import OutcomeStore
+
+    (port,) = free_ports(1)
+    s = stack_settings.model_copy(update={"controller_port": port})
+    queue = TriggerQueue(tmp_path_factory.mktemp("ctl") / "triggers.db", 0.0)
+    ctl = Controller(queue, Airflow("http://127.0.0.1:9", "keel", lambda: "x"), s.audit(),
+                     feedback=Feedback(OutcomeStore(s.outcomes_location, s.predictions_location), registry_facts(s)))
+    server = serve(ctl, "127.0.0.1", port, s.token())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield s
+    finally:
+        server.shutdown()
+        server.server_close()
+        queue.close()

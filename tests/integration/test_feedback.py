@@ -10,12 +10,10 @@ every panel of the Model quality dashboard has data."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,31 +83,6 @@ def served(training_set: Any, stack_settings: Settings, deployer: Any) -> dict[s
     uri = stack_settings.predictions_location
     _wait("the prediction log to be flushed", lambda: len(predlog.read(uri, MODEL)) >= 70, 60)
     return {"answers": answers, "url": url}
-
-
-@pytest.fixture(scope="module")
-def controller(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The real controller app with its feedback endpoint on a free port; shut down even if a test fails."""
-    from keel.controller.airflow import Airflow
-    from keel.controller.app import Controller, serve
-    from keel.controller.feedback import Feedback, registry_facts
-    from keel.controller.queue import TriggerQueue
-    from keel.monitoring.outcomes import OutcomeStore
-
-    (port,) = free_ports(1)
-    s = stack_settings.model_copy(update={"controller_port": port})
-    queue = TriggerQueue(tmp_path_factory.mktemp("ctl") / "triggers.db", 0.0)
-    ctl = Controller(queue, Airflow("http://127.0.0.1:9", "keel", lambda: "x"), s.audit(),
-                     feedback=Feedback(OutcomeStore(s.outcomes_location, s.predictions_location), registry_facts(s)))
-    server = serve(ctl, "127.0.0.1", port, s.token())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield s
-    finally:
-        server.shutdown()
-        server.server_close()
-        queue.close()
 
 
 def test_feedback_by_request_id_and_by_entity_and_time_counts_each_outcome_once(
@@ -232,3 +205,42 @@ def test_the_performance_job_equals_a_brute_force_join_and_fills_its_dashboard(
     empty = [f"{title}: {expr}" for title, expr in panel_queries(performance())
              if "decay" not in expr and not _query(s, expr)]
     assert not empty, "Model quality panels without data:\n" + "\n".join(empty)
+
+
+def test_served_rows_with_outcomes_are_a_training_source_with_the_features_as_served(
+        served: dict[str, Any], controller: Settings, feature_data: dict[str, Path], tmp_path: Path) -> None:
+    """A spec whose model trains on feedback: the training set is the served rows that got an outcome, each
+    with the feature values the server scored, and the outcome as the label; `both` adds the labelled
+    events' point-in-time join."""
+    import yaml
+
+    from keel.client import Client
+    from keel.monitoring.outcomes import read
+    from keel.serving import predlog
+    from tests.conftest import ROOT
+
+    spec = {"name": "feedback-test", "feature_repo": str(ROOT / "examples" / "fraud" / "feature_repo"),
+            "models": {MODEL: {"feature_service": "fraud_model_v1", "label": "is_fraud",
+                               "labels": str(feature_data["transactions"]), "task": "binary",
+                               "train": "fraud_model:train_fraud_model",
+                               "training": {"source": "feedback", "feedback_window": "1d"}}}}
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(spec))
+    s = controller.model_copy(update={"project": tmp_path / "keel.yaml"})
+    ts = Client(s).training_set(MODEL)
+    logged = predlog.read(s.predictions_location, MODEL)
+    outcomes = read(s.outcomes_location, MODEL)
+    expected = logged.merge(outcomes[["request_id", "row", "label"]], on=["request_id", "row"])
+    expected = expected[~expected["degraded"].astype(bool)]
+    assert len(ts.frame) == len(expected) > 0 and ts.engine == "feedback"
+    got = ts.frame.sort_values(["event_timestamp", "customer_id", "merchant_id"]).reset_index(drop=True)
+    want = expected.assign(event_timestamp=pd.to_datetime(expected["timestamp"], utc=True)).sort_values(
+        ["event_timestamp", "customer_id", "merchant_id"]).reset_index(drop=True)
+    for f in ts.features:
+        assert np.allclose(got[f].astype(float), want[f].astype(float), equal_nan=True), f
+    assert (got["is_fraud"].to_numpy() == want["label"].astype(int).to_numpy()).all()
+    spec["models"][MODEL]["training"]["source"] = "both"
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "keel.yaml").write_text(yaml.safe_dump(spec))
+    both = Client(controller.model_copy(update={"project": tmp_path / "both" / "keel.yaml"})).training_set(MODEL)
+    assert both.engine == "keel+feedback" and len(both.frame) == len(ts.frame) + len(
+        pd.read_parquet(feature_data["transactions"]))
