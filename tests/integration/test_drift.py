@@ -146,7 +146,7 @@ def test_every_dashboard_panel_and_keda_trigger_returns_data(drifted_traffic: di
         if name == "keel-performance.json":  # needs outcomes: test_feedback.py and test_retraining.py fill it
             continue
         for title, expr in panel_queries(dash):
-            if any(m in expr for m in NOT_YET_EXPORTED):
+            if any(m in expr for m in NOT_YET_EXPORTED) or "keel_stream_" in expr:  # test_stream.py has them
                 continue
             if not _query(stack_settings, expr):
                 empty.append(f"{name}: {title}: {expr}")

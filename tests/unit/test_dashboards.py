@@ -241,6 +241,14 @@ QUIET_STACK = {
     'keel_model_label_delay_seconds{model="churn", version="3", quantile="0.5"}': "3600x40",
     'keel_performance_job_last_success_timestamp_seconds{model="churn"}': "300x40",
     'keel_performance_job_interval_seconds{model="churn"}': "900x40",
+    # a stream consumer keeping up
+    **{f'keel_stream_event_to_online_seconds_bucket{{source="clicks_push", le="{le}"}}': f"0+{n}x40"
+       for le, n in (("0.05", 80), ("0.5", 99), ("+Inf", 100))},
+    'keel_stream_event_to_online_seconds_sum{source="clicks_push"}': "0+4x40",
+    'keel_stream_event_to_online_seconds_count{source="clicks_push"}': "0+100x40",
+    'keel_stream_events_total{source="clicks_push"}': "0+100x40",
+    'keel_stream_backlog_entries{source="clicks_push"}': "0x40",
+    'keel_stream_last_push_timestamp_seconds{source="clicks_push"}': "0+15x40",
 }
 
 

@@ -194,7 +194,7 @@ def test_every_recording_rule_is_tested() -> None:
 def test_rules_use_only_contract_metrics() -> None:
     names, histograms = contract_metrics()
     assert {"keel_requests_total", "keel_dataset_drift_share", "keel_controller_triggers_pending"} <= names
-    assert histograms == {"keel_request_duration_seconds", "keel_batch_size"}
+    assert histograms == {"keel_request_duration_seconds", "keel_batch_size", "keel_stream_event_to_online_seconds"}
     allowed = names | {h + s for h in histograms for s in HISTOGRAM_SUFFIXES}
     allowed |= {r["record"] for r in _rules() if "record" in r}
     for rule in _rules():

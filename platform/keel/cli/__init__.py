@@ -13,7 +13,7 @@ import warnings
 
 import click
 
-from keel.cli import batch, features, monitoring, registry, retraining, serving, stack  # noqa: F401 - register commands
+from keel.cli import batch, features, monitoring, registry, retraining, serving, stack, stream  # noqa: F401 - register commands
 from keel.cli.base import cli
 from keel.errors import KeelError
 

@@ -286,9 +286,10 @@ def _push_materialization(settings: Settings, end: datetime, rows: dict[str, int
 
 
 def service_views(store: FeatureStore, service: FeatureService) -> tuple[list[Any], list[Any]]:
-    """(feature views, on-demand views) that a feature service draws on."""
+    """(feature views, on-demand views) that a feature service draws on; stream feature views (fed by a
+    push source, keel.features.stream) count as feature views: they are read and joined the same way."""
     names = {p.name for p in service.feature_view_projections}
-    fvs = [fv for fv in store.list_feature_views() if fv.name in names]
+    fvs = [fv for fv in [*store.list_feature_views(), *store.list_stream_feature_views()] if fv.name in names]
     odfvs = [v for v in store.list_on_demand_feature_views() if v.name in names]
     return fvs, odfvs
 

@@ -304,6 +304,16 @@ def features() -> Dashboard:
                    unit="s"),
         timeseries("Rows materialized", "Rows the last materialization wrote to the online store, per view.",
                    [(f"max by (feature_view) ({sel('keel_materialization_rows', model=False)})", "{{feature_view}}")]),
+        timeseries("Stream freshness", "From an event's arrival in its stream to its features in the online store, "
+                   "per push source (keel stream consume).",
+                   [(f"histogram_quantile({q}, sum by (le, source) (rate("
+                     f"{sel('keel_stream_event_to_online_seconds_bucket', model=False)}{RATE})))",
+                     f"p{round(q * 100)} {{{{source}}}}") for q in (0.5, 0.99)], unit="s", w=8),
+        timeseries("Stream backlog", "Events waiting per push source: not yet delivered to the consumer, or not "
+                   "yet acknowledged (KeelStreamFeaturesStale when it waits with no push).",
+                   [(f"max by (source) ({sel('keel_stream_backlog_entries', model=False)})", "{{source}}")], w=8),
+        timeseries("Stream events", "Events per second whose features were pushed, per push source.",
+                   [(rate_sum("keel_stream_events_total", "source", model=False), "{{source}}")], min=0, w=8),
     ])
 
 

@@ -52,7 +52,7 @@ class Reader:
         self.join_types: dict[str, int] = {}
         seen: set[str] = set()
         for view, features in views.items():
-            fv = store.get_feature_view(view)
+            fv = view_named(store, view)
             layout = ViewLayout.of(fv, store.config)
             types = dict(layout.features)
             key = tuple(sorted(layout.join_keys))
@@ -157,3 +157,9 @@ def read(store: FeatureStore, feature_refs: Sequence[str], entity_rows: Sequence
          client: redis.Redis | None = None) -> dict[str, list[Any]]:
     """One-off read (builds a Reader; keep a Reader for repeated reads of the same refs)."""
     return Reader(store, feature_refs, client).read(entity_rows)
+
+
+def view_named(store: FeatureStore, name: str) -> Any:
+    """A feature view or a stream feature view (its rows are in the online store the same way)."""
+    stream = {v.name: v for v in store.list_stream_feature_views()}
+    return stream[name] if name in stream else store.get_feature_view(name)
