@@ -79,3 +79,35 @@ def test_a_ray_models_ingress_and_batching_reach_its_rayservice(tmp_path: Path) 
     assert "rayIngress" in fails(tmp_path, {"models": [{"name": "fraud", "rayIngress": "nginx"}]})
     assert "maxSize" in fails(tmp_path, {"models": [{"name": "fraud", "batching": {"maxSize": 0}}]})
     assert "wait" in fails(tmp_path, {"models": [{"name": "fraud", "batching": {"wait": 1}}]})
+
+
+def test_a_sticky_canary_and_its_key_reach_the_serving_spec(tmp_path: Path) -> None:
+    from keel.serving.spec import ServeSpec
+
+    def spec_of(canary: dict) -> ServeSpec:
+        isvc = one(values(tmp_path, {"models": [{"name": "fraud", "canary": canary}]}), "InferenceService")
+        return ServeSpec.from_json(isvc["spec"]["predictor"]["containers"][0]["args"][-1])
+
+    default = spec_of({"alias": "challenger", "percent": 20})
+    assert (default.canary_alias, default.canary_weight, default.sticky, default.sticky_key) == \
+        ("challenger", 0.2, True, None)
+    keyed = spec_of({"alias": "challenger", "stickyKey": "merchant_id"})
+    assert keyed.sticky and keyed.sticky_key == "merchant_id"
+    assert not spec_of({"alias": "challenger", "sticky": False}).sticky
+    assert "stickyKey" in fails(tmp_path, {"models": [{"name": "fraud", "canary": {"alias": "c", "stickyKey": ""}}]})
+
+
+def test_each_stream_gets_one_consumer_scraped_and_reachable_by_prometheus(tmp_path: Path) -> None:
+    docs = values(tmp_path, {"streams": [{"source": "transactions_push", "batch": 200}]})
+    dep = one(docs, "Deployment", "keel-stream-transactions-push")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["keel", "stream", "consume", "transactions_push", "--metrics-port", "9400", "--batch",
+                            "200", "--claim-idle-ms", "30000"]
+    assert env_of(c)["KEEL_PROFILE"] == "cluster"  # listens on the pod's interfaces, found by the PodMonitor
+    monitor = one(docs, "PodMonitor", "keel-stream")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    policy = one(docs, "NetworkPolicy", "keel-stream")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 9400, "protocol": "TCP"}]
+    assert not [d for d in values(tmp_path, {}) if "stream" in d["metadata"]["name"]]
+    assert "source" in fails(tmp_path, {"streams": [{"batch": 10}]})
