@@ -244,3 +244,35 @@ def test_served_rows_with_outcomes_are_a_training_source_with_the_features_as_se
     both = Client(controller.model_copy(update={"project": tmp_path / "both" / "keel.yaml"})).training_set(MODEL)
     assert both.engine == "keel+feedback" and len(both.frame) == len(ts.frame) + len(
         pd.read_parquet(feature_data["transactions"]))
+
+
+def test_the_outcome_store_is_a_feast_readable_source(served: dict[str, Any], controller: Settings,
+                                                      tmp_path: Path) -> None:
+    """A Feast feature view over the outcome partitions (a FileSource on their glob): Feast's own DuckDB
+    offline store joins each stored outcome back to its entity and time."""
+    from datetime import timedelta
+
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+    from feast.repo_config import RepoConfig
+    from feast.types import Float64
+
+    from keel.monitoring.outcomes import read
+
+    s = controller
+    stored = read(s.outcomes_location, MODEL)
+    if stored.empty:
+        pytest.skip("needs the outcomes of test_feedback_by_request_id_and_by_entity_and_time_counts_each_outcome_once")
+    cfg = RepoConfig(project="keel_outcomes", provider="local", registry=str(tmp_path / "registry.db"),
+                     online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+                     offline_store={"type": "duckdb"}, entity_key_serialization_version=3, repo_path=str(tmp_path))
+    store = FeatureStore(config=cfg)
+    customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64)
+    source = FileSource(name="outcomes", path=f"{s.outcomes_location}/model={MODEL}/*/*.parquet",
+                        timestamp_field="event_timestamp")
+    view = FeatureView(name="outcomes", entities=[customer], ttl=timedelta(days=1), source=source, online=False,
+                       schema=[Field(name="label", dtype=Float64)])
+    store.apply([customer, view])
+    last = stored.sort_values("event_timestamp").groupby("customer_id").tail(1)
+    got = store.get_historical_features(last[["customer_id", "event_timestamp"]], ["outcomes:label"]).to_df()
+    want = last.set_index("customer_id")["label"]
+    assert got.set_index("customer_id")["label"].sort_index().tolist() == want.sort_index().tolist()
