@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -248,3 +249,21 @@ def test_the_consumer_metrics_reach_prometheus_and_fill_the_stream_panels(live: 
             _wait(f"data for the panel {title}: {expr}", lambda e=expr: _query(s, e), 60, 1.0)
     backlog = _query(s, f'keel_stream_backlog_entries{{source="{SOURCE}"}}')
     assert float(backlog[0]["value"][1]) == 0.0  # the consumer has caught up: KeelStreamFeaturesStale stays quiet
+
+
+def test_bad_events_and_an_unknown_source_are_refused_in_one_line(live: dict[str, Any], tmp_path: Path) -> None:
+    from keel.features import stream
+    from tests.conftest import run_keel
+
+    s = live["settings"]
+    before = stream._redis(s).xlen(stream.stream_key(SOURCE))
+    bad = tmp_path / "events.jsonl"
+    bad.write_text('{"customer_id": 1, "amount": 5.0, "event_timestamp": "2026-12-07T10:00:00Z"}\n'
+                   '{"customer_id": 2, "event_timestamp": "2026-12-07T10:00:01Z"}\n')
+    out = run_keel(["stream", "send", SOURCE, str(bad)], s, KEEL_FEATURE_REPO=str(s.repo))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "events[1].amount: missing" in out.stderr
+    assert stream._redis(s).xlen(stream.stream_key(SOURCE)) == before  # nothing of the batch was appended
+    ghost = run_keel(["stream", "status", "ghost_push"], s, KEEL_FEATURE_REPO=str(s.repo))
+    assert ghost.returncode == 2
+    assert "unknown push source 'ghost_push'; valid choices: transactions_push" in ghost.stderr
