@@ -249,7 +249,8 @@ def test_served_rows_with_outcomes_are_a_training_source_with_the_features_as_se
 def test_the_outcome_store_is_a_feast_readable_source(served: dict[str, Any], controller: Settings,
                                                       tmp_path: Path) -> None:
     """A Feast feature view over the outcome partitions (a FileSource on their glob): Feast's own DuckDB
-    offline store joins each stored outcome back to its entity and time."""
+    offline store joins each stored outcome back to its entity and time, corrections included (the store
+    holds the superseded row too; received_at decides)."""
     from datetime import timedelta
 
     from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
@@ -267,8 +268,9 @@ def test_the_outcome_store_is_a_feast_readable_source(served: dict[str, Any], co
                      offline_store={"type": "duckdb"}, entity_key_serialization_version=3, repo_path=str(tmp_path))
     store = FeatureStore(config=cfg)
     customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64)
+    # received_at as Feast's created timestamp: a correction (same prediction, later) wins Feast's tie-break
     source = FileSource(name="outcomes", path=f"{s.outcomes_location}/model={MODEL}/*/*.parquet",
-                        timestamp_field="event_timestamp")
+                        timestamp_field="event_timestamp", created_timestamp_column="received_at")
     view = FeatureView(name="outcomes", entities=[customer], ttl=timedelta(days=1), source=source, online=False,
                        schema=[Field(name="label", dtype=Float64)])
     store.apply([customer, view])

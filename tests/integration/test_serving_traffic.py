@@ -163,8 +163,10 @@ def test_a_fallback_version_scores_what_redis_cannot_and_is_checked_before_a_ser
 
 
 def test_canary_split_matches_the_weight(deployer, served_model: dict[str, str], tmp_path: Path) -> None:
+    """Unsticky: a coin flip per request, so one entity's requests split by the weight (the sticky split, by
+    entity, is test_ab.py's)."""
     url = deployer(model=MODEL, runtime="kserve", port=free_ports(1)[0], canary_alias="challenger",
-                   canary_weight=0.3, predlog_uri=str(tmp_path), sample_rate=0.0)
+                   canary_weight=0.3, predlog_uri=str(tmp_path), sample_rate=0.0, sticky=False)
     versions = []
     with httpx.Client(timeout=10) as c:
         for _ in range(2000):

@@ -15,6 +15,7 @@ import os
 import string
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -66,6 +67,9 @@ def open_store(settings: Settings, serving: bool = False, batch_engine: str | No
     (``"local"``: Feast's own, whatever the repo names)."""
     from feast import FeatureStore
 
+    # after Feast's import, which puts its own "once" filter for RuntimeWarning first: a repo with a stream
+    # feature view would print Feast's "experimental" notice on every command and in every server log
+    warnings.filterwarnings("ignore", message="Stream feature views are experimental", category=RuntimeWarning)
     cfg = repo_config(settings)
     if batch_engine is not None:
         cfg.batch_engine_config = batch_engine

@@ -11,8 +11,10 @@ different label for a stored outcome is a correction, stored and winning at read
 Stored as parquet under ``<uri>/model=<m>/date=<prediction date>/part-*.parquet`` — the prediction log's
 layout, a directory or any fsspec URI (the artifact store on a cluster) — with the entity keys and the
 prediction's timestamp as ``event_timestamp``, so the files are also a plain labelled-events source for
-Feast or a training set. Only the controller writes (one writer, so the duplicate check is exact);
-readers keep the latest row per outcome id, which also covers a file written twice.
+Feast or a training set: ``FileSource(path="<uri>/model=<m>/*/*.parquet", timestamp_field="event_timestamp",
+created_timestamp_column="received_at")``, where the created timestamp lets a correction win. Only the
+controller writes (one writer, so the duplicate check is exact); readers keep the latest row per outcome
+id, which also covers a file written twice.
 """
 
 from __future__ import annotations
